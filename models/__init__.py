@@ -1,0 +1,25 @@
+"""Networks and the diffusion maths that drives them.
+
+`NETWORKS` is the one table from a config name to a network class; `build_network` is the
+only place that dispatches on it.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from .lama import FFCResNetGenerator
+from .swinir import SwinIR
+from .unet import UNetModel
+
+NETWORKS: dict[str, type] = {
+    "unet": UNetModel,
+    "swinir": SwinIR,
+    "lama": FFCResNetGenerator,
+}
+
+
+def build_network(name: str, params: dict[str, Any]):
+    """Construct the network called `name` from its (official) hyper-parameters."""
+    if name not in NETWORKS:
+        raise ValueError(f"unknown network {name!r}; allowed: {sorted(NETWORKS)}")
+    return NETWORKS[name](**dict(params))

@@ -1,0 +1,153 @@
+"""DifFace (paper Algorithm 1): diffuse the estimator's output to step N, then sample back to 0.
+
+    x0_hat = f(y).clamp(0, 1)                                   # diffused estimator
+    x_N    = sqrt(abar_N) (2 x0_hat - 1) + sqrt(1 - abar_N) z    # p(x_N | y), paper Eq. 6
+    x_0    = reverse diffusion from x_N with the pretrained prior (DDIM or DDPM)
+
+Where the reverse chain starts is stated here and only here. The official code noises to
+level N and makes its first network call at the next lower point of its sampling grid
+(`official_start=True`, the default, so that released weights give the official results);
+the textbook chain (`official_start=False`) makes its first call at N itself.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .diffusion import DiffusionSchedule, space_timesteps
+from .samplers import SAMPLERS, Generators, NoiseFn, draw_noise
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def sampling_timesteps(start_step: int, num_steps: int, grid: str | None = "ddim250",
+                       steps: int | None = None, official_start: bool = True) -> list[int]:
+    """The descending base steps a restoration evaluates, for a chain noised to `start_step`.
+
+    Without `steps`, the points of the respacing `grid` below `start_step` (official) or
+    `start_step` followed by them (textbook). With `steps=K`, K evaluations evenly spread from
+    `start_step` down to 0: the official variant drops the first of K + 1 points, the textbook
+    one keeps K points including `start_step`.
+    """
+    if not 0 <= start_step < num_steps:
+        raise ValueError(f"start step must satisfy 0 <= N < {num_steps}, got {start_step}")
+    if steps is not None:
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        count = steps + 1 if official_start else steps
+        if count - 1 > start_step:
+            raise ValueError(f"cannot take {steps} distinct steps below start step {start_step}")
+        points = np.linspace(start_step, 0, count) if count > 1 else np.array([start_step])
+        points = sorted({int(round(p)) for p in points}, reverse=True)
+        return points[1:] if official_start else points
+    below = [t for t in space_timesteps(num_steps, grid) if t < start_step]
+    steps_desc = sorted(below, reverse=True)
+    if not official_start:
+        steps_desc = [start_step] + steps_desc
+    if not steps_desc:
+        raise ValueError(f"start step {start_step} leaves no sampling step on the grid {grid!r}")
+    return steps_desc
+
+
+def image_generator(seed: int, name: str, sample: int = 0, device: str | torch.device = "cpu") -> torch.Generator:
+    """A generator seeded from (seed, image name, sample index), independent of batch and order."""
+    digest = hashlib.sha256(f"{seed}\x00{name}\x00{sample}".encode()).digest()
+    return torch.Generator(device=device).manual_seed(int.from_bytes(digest[:8], "little") & (2 ** 63 - 1))
+
+
+def resize(img: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bicubic resize with antialiasing (official pre/post-processing); no clamping."""
+    if tuple(img.shape[-2:]) == tuple(size):
+        return img
+    return F.interpolate(img, size=size, mode="bicubic", antialias=True, align_corners=False)
+
+
+@dataclass
+class Restoration:
+    """Output of `DifFace.restore`: images (B, 3, H, W) RGB in [0, 1] at the input size."""
+
+    sample: torch.Tensor
+    estimate: torch.Tensor
+
+
+class DifFace:
+    """The restoration method, built from an estimator f, a diffusion prior and its schedule.
+
+    estimator: y (B,3,S,S) [0,1] -> (B,3,S,S); prior: (x_t, t) -> (B,6,S,S). Both are used
+    in eval mode without gradients. `image_size` S is the prior's training resolution.
+    """
+
+    def __init__(self, estimator: Callable, prior: Callable, schedule: DiffusionSchedule,
+                 image_size: int, start_step: int = 400, grid: str | None = "ddim250",
+                 steps: int | None = None, official_start: bool = True, eta: float = 0.5,
+                 sampler: str = "ddim", dtype: str = "fp32",
+                 correct_x0_factory: Callable[[torch.Tensor, torch.Tensor], Callable] | None = None):
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}; allowed: {sorted(SAMPLERS)}")
+        if dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}; allowed: {sorted(DTYPES)}")
+        if eta < 0:
+            raise ValueError(f"eta must be >= 0, got {eta}")
+        self.estimator, self.prior, self.schedule = estimator, prior, schedule
+        self.image_size, self.start_step, self.eta = image_size, start_step, eta
+        self.sampler, self.dtype = sampler, dtype
+        self.timesteps = sampling_timesteps(start_step, schedule.num_steps, grid, steps, official_start)
+        self.correct_x0_factory = correct_x0_factory
+
+    def _autocast(self, device: torch.device):
+        """Mixed precision for the networks only; all diffusion arithmetic stays float32."""
+        if self.dtype == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=DTYPES[self.dtype])
+
+    def _prior(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with self._autocast(x.device):
+            return self.prior(x, t).float()
+
+    @torch.no_grad()
+    def estimate(self, y: torch.Tensor) -> torch.Tensor:
+        """x0_hat = f(y) clamped to [0, 1]; y (B,3,S,S) RGB [0,1] at the model size."""
+        with self._autocast(y.device):
+            return self.estimator(y).float().clamp(0.0, 1.0)
+
+    @torch.no_grad()
+    def restore(self, y: torch.Tensor, generator: Generators = None,
+                start_noise: torch.Tensor | None = None, noise_fn: NoiseFn | None = None,
+                mask: torch.Tensor | None = None) -> Restoration:
+        """Restore a batch y (B, 3, H, W) RGB [0,1]; any H, W (resized to the model size and back).
+
+        Noise: `start_noise` (else drawn first) for the jump to step N, then the sampler's
+        per-step draws, all from `generator` (one, or one per sample). `mask` (B,1,H,W), 1 =
+        unknown pixel, is handed to the x0-correction hook (inpainting).
+        """
+        size = (self.image_size, self.image_size)
+        y_model = resize(y.float(), size)
+        x0_hat = self.estimate(y_model if mask is None else torch.cat([y_model, resize(mask, size)], 1))
+        # Paper Eq. 6: one closed-form jump to level N.
+        abar_n = self.schedule.alpha_bar(self.start_step)
+        z = start_noise if start_noise is not None else draw_noise(x0_hat, generator)
+        x_n = abar_n ** 0.5 * (2 * x0_hat - 1) + (1 - abar_n) ** 0.5 * z.to(x0_hat)
+        correct = None
+        if self.correct_x0_factory is not None:
+            correct = self.correct_x0_factory(2 * y_model - 1, None if mask is None else resize(mask, size))
+        kwargs = {"eta": self.eta} if self.sampler == "ddim" else {}
+        x0 = SAMPLERS[self.sampler](self._prior, x_n, self.timesteps, self.schedule, generator=generator,
+                                    noise_fn=noise_fn, correct_x0=correct, **kwargs)
+        sample = (0.5 * x0 + 0.5).clamp(0.0, 1.0)
+        out_size = tuple(y.shape[-2:])
+        if out_size != size:
+            sample = resize(sample, out_size).clamp(0.0, 1.0)
+            x0_hat = resize(x0_hat, out_size).clamp(0.0, 1.0)
+        return Restoration(sample=sample, estimate=x0_hat)
+
+
+def per_sample_generators(seed: int, names: Sequence[str], sample: int = 0,
+                          device: str | torch.device = "cpu") -> list[torch.Generator]:
+    """One generator per image of a batch (see `image_generator`)."""
+    return [image_generator(seed, name, sample, device) for name in names]
