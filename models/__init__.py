@@ -5,7 +5,8 @@ only place that dispatches on it.
 """
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Optional
 
 from .lama import FFCResNetGenerator
 from .swinir import SwinIR
@@ -23,3 +24,15 @@ def build_network(name: str, params: dict[str, Any]):
     if name not in NETWORKS:
         raise ValueError(f"unknown network {name!r}; allowed: {sorted(NETWORKS)}")
     return NETWORKS[name](**dict(params))
+
+
+@dataclass
+class NetworkConfig:
+    """Config block of one network: its `NETWORKS` name, hyper-parameters and weight file.
+
+    `weights` is a path or a name of the weights registry (`models.checkpoint.REGISTRY`).
+    """
+
+    name: str = "unet"
+    params: dict[str, Any] = field(default_factory=dict)
+    weights: Optional[str] = None
