@@ -196,3 +196,27 @@ def test_end_to_end_restoration(fixtures_dir, name):
                             start_noise=ref["q_noise"], noise_fn=noise_fn)
     _close(starts[0], ref["x_start"], NET_ATOL, "x_start")
     _close(result.sample, ref["final"], CHAIN_ATOL, "final")
+
+
+# ---- degradations ---------------------------------------------------------------------------
+
+def test_kernels_and_test_degradation(fixtures_dir):
+    from datapipe.degradations import bivariate_gaussian_kernel, face_test_degradation, isotropic_gaussian_kernel
+
+    ref = _load(fixtures_dir / "degradation.pt")
+    size = int(ref["kernel_size"])
+    aniso = bivariate_gaussian_kernel(size, ref["kernel_aniso_sig_x"], ref["kernel_aniso_sig_y"],
+                                      ref["kernel_aniso_theta"])
+    _close(torch.from_numpy(aniso), ref["kernel_aniso"], SCHEDULE_ATOL, "kernel_aniso")
+    _close(torch.from_numpy(isotropic_gaussian_kernel(size, ref["kernel_iso_sigma"])), ref["kernel_iso"],
+           SCHEDULE_ATOL, "kernel_iso")
+    hq = ref["hq"].numpy().astype(np.float32) / 255.0  # BGR, as the official script reads it
+    rng = np.random.default_rng(0) if ref["nf"] > 0 else None
+    out = face_test_degradation(hq, ref["sf"], ref["sig_x"], ref["sig_y"], ref["theta"], ref["nf"], ref["qf"],
+                                rng=rng, bgr=True, kernel_size=size)
+    _close(torch.from_numpy(out["blur_kernel"]), ref["blur_kernel"], SCHEDULE_ATOL, "blur_kernel")
+    _close(torch.from_numpy(out["lq_down"]), ref["lq_down"], 1e-6, "lq_down")
+    if ref["nf"] == 0:  # with noise, the draws of the official RNG cannot be replayed
+        # JPEG: exact with the same libjpeg build; one grey level otherwise (README §7).
+        _close(torch.from_numpy(out["lq_jpeg"] * 255), ref["lq_jpeg"] * 255, 1.0 + 1e-4, "lq_jpeg*255")
+        _close(torch.from_numpy(np.rint(out["lq"] * 255)), ref["lq"], 1.0, "lq")

@@ -1,0 +1,306 @@
+"""Reading, writing and converting images: the one place where image conventions meet.
+
+Inside the code an image is a ``torch.float32`` tensor, RGB, values in ``[0, 1]``, shape
+``(3, H, W)`` (or ``(B, 3, H, W)`` for a batch). Everything else - BGR, uint8, uint16, grey,
+alpha, EXIF orientation, file formats - is converted here and nowhere else (DESIGN.md §3).
+
+Reading rules (SPEC §2.4, with the official bugs fixed):
+
+* 8-bit images are divided by 255, 16-bit images by 65535 (the official code divided by 255).
+* Grey images are replicated to three channels.
+* An alpha channel is dropped with a warning naming the file (no compositing).
+* The EXIF orientation tag is applied (JPEG, PNG, TIFF, WebP), as image viewers do.
+* Missing, unreadable, empty, truncated and non-image files raise :class:`ImageReadError`
+  whose message names the file and the reason.
+"""
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+from typing import Union
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+
+PathLike = Union[str, os.PathLike]
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+
+# Decode with OpenCV keeping 16-bit samples; OpenCV applies the EXIF orientation and drops
+# alpha for these flags (IMREAD_UNCHANGED would skip the orientation).
+_DECODE_FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
+
+# Leading bytes of the formats we read, for clear error messages.
+_SIGNATURES = {
+    b"\x89PNG\r\n\x1a\n": "PNG",
+    b"\xff\xd8\xff": "JPEG",
+    b"BM": "BMP",
+    b"II*\x00": "TIFF",
+    b"MM\x00*": "TIFF",
+}
+
+
+class ImageReadError(Exception):
+    """A file could not be read as an image; the message names the file and the reason."""
+
+    def __init__(self, path: PathLike, reason: str):
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"cannot read image '{path}': {reason}")
+
+
+class ImageWriteError(Exception):
+    """An image could not be encoded or written; the message names the file and the reason."""
+
+    def __init__(self, path: PathLike, reason: str):
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"cannot write image '{path}': {reason}")
+
+
+def is_image_file(path: PathLike) -> bool:
+    """True if the file name has one of :data:`IMAGE_EXTENSIONS` (case-insensitive)."""
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------------
+
+def _read_bytes(path: Path) -> bytes:
+    """Whole file content; OS problems become :class:`ImageReadError` with a plain reason."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ImageReadError(path, "file not found") from None
+    except IsADirectoryError:
+        raise ImageReadError(path, "is a directory, not a file") from None
+    except PermissionError:
+        raise ImageReadError(path, "permission denied") from None
+    except OSError as err:
+        raise ImageReadError(path, f"OS error: {err.strerror or err}") from None
+    if not data:
+        raise ImageReadError(path, "file is empty (0 bytes)")
+    return data
+
+
+def _sniff_format(data: bytes) -> str | None:
+    """Format name from the leading bytes, or None when it is not a format we know."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP"
+    for magic, name in _SIGNATURES.items():
+        if data.startswith(magic):
+            return name
+    return None
+
+
+def _jpeg_is_truncated(data: bytes) -> bool:
+    """True when the JPEG has no end-of-image marker after its last start-of-scan marker.
+
+    Entropy-coded data cannot contain 0xFFD9 / 0xFFDA (0xFF bytes are stuffed), so an EOI
+    after the last SOS means the final scan is complete. An EOI of an EXIF thumbnail sits
+    before the main SOS and does not count.
+    """
+    return data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda")
+
+
+def _has_alpha(data: bytes) -> bool:
+    """Whether the encoded image carries an alpha channel or palette transparency (header only)."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return "A" in im.getbands() or "transparency" in im.info
+    except Exception:  # PIL may not know a format OpenCV decodes; then we cannot tell.
+        return False
+
+
+def _decode(path: PathLike) -> np.ndarray:
+    """Decode a file to HxWx3 BGR in its native sample type (uint8, uint16 or float32).
+
+    EXIF orientation applied, grey replicated, alpha dropped with a warning.
+    """
+    path = Path(path)
+    data = _read_bytes(path)
+    fmt = _sniff_format(data)
+    if fmt == "JPEG" and _jpeg_is_truncated(data):
+        raise ImageReadError(path, "truncated JPEG data (no end-of-image marker)")
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), _DECODE_FLAGS)
+    if img is None or img.size == 0:
+        if fmt is None:
+            raise ImageReadError(path, "not an image file (unrecognised content)")
+        raise ImageReadError(path, f"corrupt or truncated {fmt} data")
+    if img.dtype not in (np.uint8, np.uint16, np.float32):
+        raise ImageReadError(path, f"unsupported sample type {img.dtype} (use 8- or 16-bit images)")
+    if img.ndim == 2:
+        img = img[:, :, None]
+    if img.shape[2] in (2, 4) or _has_alpha(data):
+        warnings.warn(f"image '{path}' has an alpha channel; it is dropped", stacklevel=3)
+    img = img[:, :, :1] if img.shape[2] == 2 else img[:, :, :3]
+    if img.shape[2] == 1:
+        img = np.repeat(img, 3, axis=2)
+    return np.ascontiguousarray(img)
+
+
+def _to_unit_float(img: np.ndarray) -> np.ndarray:
+    """uint8 / uint16 / float32 array -> float32 in [0, 1] (same layout)."""
+    if img.dtype == np.uint8:
+        return img.astype(np.float32) / 255.0
+    if img.dtype == np.uint16:
+        return img.astype(np.float32) / 65535.0
+    return np.clip(np.nan_to_num(img.astype(np.float32)), 0.0, 1.0)
+
+
+def read_image(path: PathLike) -> torch.Tensor:
+    """Read an image file.
+
+    Returns:
+        (3, H, W) float32 tensor, RGB, values in [0, 1] (8-bit / 255, 16-bit / 65535;
+        float TIFFs are taken as they are, clipped to [0, 1]).
+    Raises:
+        ImageReadError: missing, unreadable, empty, truncated or non-image file.
+    """
+    img = _to_unit_float(_decode(path))
+    return torch.from_numpy(np.ascontiguousarray(img[:, :, ::-1].transpose(2, 0, 1)))
+
+
+def read_image_uint8_bgr(path: PathLike) -> np.ndarray:
+    """Read an image file for OpenCV pipelines (e.g. face detection in whole-image mode).
+
+    Returns:
+        HxWx3 uint8 numpy array, **BGR**; 16-bit images are rounded to 8 bits.
+    Raises:
+        ImageReadError: as :func:`read_image`.
+    """
+    img = _decode(path)
+    if img.dtype == np.uint8:
+        return img
+    unit = _to_unit_float(img)
+    return np.clip(np.rint(unit * 255.0), 0, 255).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------------------------
+# Conversions
+# --------------------------------------------------------------------------------------------
+
+def _check_uint8_hwc(arr: np.ndarray) -> None:
+    if not isinstance(arr, np.ndarray) or arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
+        desc = f"{arr.dtype} {arr.shape}" if isinstance(arr, np.ndarray) else type(arr).__name__
+        raise ValueError(f"expected an HxWx3 uint8 array, got {desc}")
+
+
+def _check_chw(img: torch.Tensor) -> None:
+    if not isinstance(img, torch.Tensor) or img.ndim != 3 or img.shape[0] != 3:
+        shape = tuple(img.shape) if hasattr(img, "shape") else type(img).__name__
+        raise ValueError(f"expected a (3, H, W) image tensor, got {shape}")
+
+
+def tensor_to_uint8(img: torch.Tensor, bgr: bool = False) -> np.ndarray:
+    """(3, H, W) float tensor, RGB, [0, 1] -> HxWx3 uint8 numpy array (RGB, or BGR if ``bgr``).
+
+    Values are clamped to [0, 1], multiplied by 255 and rounded half to even (as ``np.rint``);
+    NaN becomes 0.
+    """
+    _check_chw(img)
+    arr = img.detach().to("cpu", torch.float32).numpy().transpose(1, 2, 0)
+    arr = np.clip(np.nan_to_num(arr, nan=0.0), 0.0, 1.0)
+    out = np.rint(arr * np.float32(255.0)).astype(np.uint8)
+    return np.ascontiguousarray(out[:, :, ::-1] if bgr else out)
+
+
+def uint8_to_tensor(arr: np.ndarray, bgr: bool = False) -> torch.Tensor:
+    """HxWx3 uint8 numpy array (RGB, or BGR if ``bgr``) -> (3, H, W) float32 tensor, RGB, [0, 1]."""
+    _check_uint8_hwc(arr)
+    return hwc_to_tensor(arr.astype(np.float32) / 255.0, bgr=bgr)
+
+
+def hwc_to_tensor(arr: np.ndarray, bgr: bool = False) -> torch.Tensor:
+    """HxWx3 float numpy array in [0, 1] (RGB, or BGR if ``bgr``) -> (3, H, W) float32 tensor, RGB.
+
+    No clamping or rounding: the values are kept as they are.
+    """
+    if arr.ndim != 3 or arr.shape[2] != 3:
+        raise ValueError(f"expected an HxWx3 array, got shape {arr.shape}")
+    rgb = arr[:, :, ::-1] if bgr else arr
+    return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32))
+
+
+def tensor_to_hwc(img: torch.Tensor, bgr: bool = False) -> np.ndarray:
+    """(3, H, W) float tensor, RGB -> HxWx3 float32 numpy array (RGB, or BGR if ``bgr``), values kept."""
+    _check_chw(img)
+    arr = img.detach().to("cpu", torch.float32).numpy().transpose(1, 2, 0)
+    return np.ascontiguousarray(arr[:, :, ::-1] if bgr else arr)
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------------------------
+
+def write_image(path: PathLike, img: torch.Tensor | np.ndarray, jpeg_quality: int = 95) -> Path:
+    """Write an image; the format follows the extension (see :data:`IMAGE_EXTENSIONS`).
+
+    Args:
+        path: destination; parent folders are created. An existing file is overwritten
+            (whether that is allowed is the caller's decision).
+        img: (3, H, W) float tensor, RGB, [0, 1] (clamped, then rounded to 8 bits as in
+            :func:`tensor_to_uint8`), or an HxWx3 uint8 numpy array, RGB.
+        jpeg_quality: 0..100, used for .jpg / .jpeg only.
+    Returns:
+        The path written.
+    Raises:
+        ValueError: unknown extension or wrong image shape / type.
+        ImageWriteError: encoding or writing failed.
+    """
+    path = Path(path)
+    if not is_image_file(path):
+        raise ValueError(f"unknown image extension '{path.suffix}' for '{path}'; "
+                         f"allowed: {', '.join(IMAGE_EXTENSIONS)}")
+    if isinstance(img, torch.Tensor):
+        bgr = tensor_to_uint8(img, bgr=True)
+    else:
+        _check_uint8_hwc(img)
+        bgr = np.ascontiguousarray(img[:, :, ::-1])
+    params = []
+    if path.suffix.lower() in (".jpg", ".jpeg"):
+        params = [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)]
+    try:
+        ok, encoded = cv2.imencode(path.suffix.lower(), bgr, params)
+    except cv2.error as err:
+        raise ImageWriteError(path, f"encoding failed: {err}") from None
+    if not ok:
+        raise ImageWriteError(path, "encoding failed")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(encoded.tobytes())
+    except OSError as err:
+        raise ImageWriteError(path, err.strerror or str(err)) from None
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# Listing
+# --------------------------------------------------------------------------------------------
+
+def list_images(root: PathLike, recursive: bool = False) -> list[Path]:
+    """Image files under ``root``, sorted by relative path (compared folder by folder).
+
+    Only files with an extension in :data:`IMAGE_EXTENSIONS` (any case); hidden files and,
+    when recursive, hidden folders (names starting with '.') are skipped. Symbolic links to
+    folders are not followed. Returned paths are ``root / relative_path``.
+
+    Raises:
+        NotADirectoryError: ``root`` is not an existing folder.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise NotADirectoryError(f"image folder '{root}' does not exist or is not a folder")
+    found = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [] if not recursive else [d for d in dirs if not d.startswith(".")]
+        rel = Path(folder).relative_to(root)
+        for name in files:
+            if not name.startswith(".") and is_image_file(name) and (Path(folder) / name).is_file():
+                found.append(rel / name)
+    return [root / rel for rel in sorted(found, key=lambda p: p.parts)]
