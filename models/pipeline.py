@@ -151,13 +151,17 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _build(spec: NetworkConfig, device: torch.device, weights_dir, download: bool) -> torch.nn.Module:
+def _weights_path(spec: NetworkConfig, weights_dir, download: bool) -> Path:
+    if spec.weights is None:
+        raise ConfigError(f"no weights given for the {spec.name} network (set its 'weights' key)")
+    return resolve_weights(spec.weights, weights_dir, download=download)
+
+
+def _build(spec: NetworkConfig, weights: Path, device: torch.device) -> torch.nn.Module:
     """A network with its weights, frozen, in eval mode, on `device`."""
     net = build_network(spec.name, OmegaConf.to_container(spec.params, resolve=True)
                         if OmegaConf.is_config(spec.params) else dict(spec.params))
-    if spec.weights is None:
-        raise ConfigError(f"no weights given for the {spec.name} network (set its 'weights' key)")
-    load_weights(net, resolve_weights(spec.weights, weights_dir, download=download))
+    load_weights(net, weights)
     net.requires_grad_(False)
     return net.eval().to(device)
 
@@ -165,8 +169,10 @@ def _build(spec: NetworkConfig, device: torch.device, weights_dir, download: boo
 def build_difface(cfg: InferenceConfig, device: torch.device, weights_dir: str | os.PathLike | None = None,
                   download: bool = True, correct_x0_factory=None) -> DifFace:
     """Build the networks of `cfg`, load their weights and wrap them in the method."""
-    estimator = _build(cfg.estimator, device, weights_dir, download)
-    prior = _build(cfg.prior, device, weights_dir, download)
+    # Find (or fetch) both weight files before building anything large.
+    paths = [_weights_path(spec, weights_dir, download) for spec in (cfg.estimator, cfg.prior)]
+    estimator = _build(cfg.estimator, paths[0], device)
+    prior = _build(cfg.prior, paths[1], device)
     schedule = DiffusionSchedule.from_name(cfg.diffusion.schedule, cfg.diffusion.steps)
     s = cfg.sampling
     return DifFace(estimator, prior, schedule, image_size=cfg.image_size, start_step=s.start_step,

@@ -1,0 +1,164 @@
+"""inference.py end to end on CPU with tiny random-weight networks saved in the official formats."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import inference
+from datapipe.image_io import write_image
+from models import build_network
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_SWINIR = dict(img_size=8, patch_size=1, in_chans=3, embed_dim=12, depths=[1], num_heads=[2], window_size=4,
+                   mlp_ratio=2, sf=4, img_range=1.0, upsampler="nearest+conv", resi_connection="1conv",
+                   unshuffle=True, unshuffle_scale=4)
+TINY_UNET = dict(image_size=32, in_channels=3, model_channels=32, out_channels=6, num_res_blocks=1,
+                 attention_resolutions=[16], channel_mult=[1, 1], num_head_channels=32,
+                 use_scale_shift_norm=True)
+
+
+@pytest.fixture(scope="module")
+def tiny_cfg(tmp_path_factory) -> Path:
+    """A user YAML for 32x32 faces with random weights: SwinIR as {'params_ema'}, UNet with module. prefixes."""
+    root = tmp_path_factory.mktemp("tiny_model")
+    torch.manual_seed(0)
+    swinir = build_network("swinir", TINY_SWINIR)
+    unet = build_network("unet", TINY_UNET)
+    for p in unet.parameters():  # the zero-initialised layers would make the prior a no-op
+        torch.nn.init.normal_(p, std=0.02)
+    torch.save({"params_ema": swinir.state_dict()}, root / "est.pth")
+    torch.save({f"module.{k}": v for k, v in unet.state_dict().items()}, root / "prior.pth")
+    cfg = {"name": "tiny test model", "image_size": 32,
+           "estimator": {"name": "swinir", "params": TINY_SWINIR, "weights": str(root / "est.pth")},
+           "prior": {"name": "unet", "params": TINY_UNET, "weights": str(root / "prior.pth")},
+           "sampling": {"start_step": 400, "steps": 3}}
+    path = root / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _faces(folder: Path, names, size=32, seed=0) -> Path:
+    rng = np.random.default_rng(seed)
+    for name in names:
+        write_image(folder / name, rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
+    return folder
+
+
+def _run(*args) -> int:
+    return inference.main([str(a) for a in args])
+
+
+def test_restores_a_folder_with_samples_manifest_and_estimates(tiny_cfg, tmp_path):
+    src = _faces(tmp_path / "in", ["a.png", "b.jpg"])
+    _faces(tmp_path / "in", ["c.png"], size=48)  # resized to 32 and back
+    out = tmp_path / "out"
+    assert _run("-i", src, "-o", out, "--aligned", "--cfg", tiny_cfg, "--num-samples", 2, "--save-estimate") == 0
+    for stem in "abc":
+        for k in range(2):
+            assert (out / f"{stem}_s{k}.png").is_file()
+        assert (out / "estimates" / f"{stem}.png").is_file()
+    from datapipe.image_io import read_image
+    assert read_image(out / "c_s0.png").shape == (3, 48, 48)
+    assert not torch.equal(read_image(out / "a_s0.png"), read_image(out / "a_s1.png")), "samples must differ"
+    manifest = json.loads(next(out.glob("manifest_*.json")).read_text())
+    assert manifest["summary"]["done"] == 3 and manifest["summary"]["failed"] == 0
+    assert manifest["config"]["name"] == "tiny test model"
+    assert {Path(r["input"]).name for r in manifest["images"]} == {"a.png", "b.jpg", "c.png"}
+
+
+def test_same_seed_is_bit_identical_across_batch_sizes(tiny_cfg, tmp_path):
+    src = _faces(tmp_path / "in", [f"{i}.png" for i in range(5)])
+    for bs in (1, 4):
+        assert _run("-i", src, "-o", tmp_path / f"bs{bs}", "--aligned", "--cfg", tiny_cfg, "--batch-size", bs) == 0
+    for i in range(5):
+        a = (tmp_path / "bs1" / f"{i}.png").read_bytes()
+        b = (tmp_path / "bs4" / f"{i}.png").read_bytes()
+        assert a == b, f"face {i} differs between batch sizes 1 and 4"
+
+
+def test_overwrite_is_refused_without_the_flag(tiny_cfg, tmp_path):
+    src = _faces(tmp_path / "in", ["a.png"])
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a.png").write_bytes(b"user's file")
+    assert _run("-i", src, "-o", out, "--aligned", "--cfg", tiny_cfg) == 0
+    assert (out / "a.png").read_bytes() == b"user's file"
+    assert _run("-i", src, "-o", out, "--aligned", "--cfg", tiny_cfg, "--overwrite") == 0
+    assert (out / "a.png").read_bytes() != b"user's file"
+
+
+def test_recursive_folders_and_name_collisions(tiny_cfg, tmp_path):
+    src = _faces(tmp_path / "in", ["a.png", "a.jpg", "sub/b.png", "sub/deeper/c.png"])
+    out = tmp_path / "out"
+    assert _run("-i", src, "-o", out, "--aligned", "--cfg", tiny_cfg, "--recursive") == 0
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+    assert written == ["a_jpg.png", "a_png.png", "sub/b.png", "sub/deeper/c.png"]
+    flat = tmp_path / "flat"
+    assert _run("-i", src, "-o", flat, "--aligned", "--cfg", tiny_cfg) == 0
+    assert sorted(p.name for p in flat.rglob("*.png")) == ["a_jpg.png", "a_png.png"]
+
+
+def test_dry_run_prints_the_plan_and_builds_nothing(tiny_cfg, tmp_path, capsys):
+    src = _faces(tmp_path / "in", ["a.png"])
+    out = tmp_path / "out"
+    assert _run("-i", src, "-o", out, "--aligned", "--cfg", tiny_cfg, "--dry-run", "--eta", 0.25, "seed=7") == 0
+    text = capsys.readouterr().out
+    assert "eta: 0.25" in text and "seed: 7" in text and "a.png" in text
+    assert not out.exists()
+
+
+def test_bad_inputs_are_reported_and_the_rest_goes_on(tiny_cfg, tmp_path, capsys):
+    src = _faces(tmp_path / "in", ["good.png"])
+    (src / "empty.png").write_bytes(b"")
+    (src / "text.jpg").write_text("not an image")
+    good = (src / "good.png").read_bytes()
+    (src / "truncated.png").write_bytes(good[: len(good) // 2])
+    _faces(src, ["tiny.png"], size=8)
+    rgba = np.concatenate([np.full((32, 32, 3), 120, np.uint8), np.full((32, 32, 1), 255, np.uint8)], 2)
+    import cv2
+    cv2.imwrite(str(src / "alpha.png"), rgba)
+    cv2.imwrite(str(src / "grey.png"), np.full((32, 32), 90, np.uint8))
+    cv2.imwrite(str(src / "deep.png"), np.full((32, 32, 3), 30000, np.uint16))
+    out = tmp_path / "out"
+    assert _run("-i", src, "-o", out, "--aligned", "--cfg", tiny_cfg) == 1
+    err = capsys.readouterr().err
+    for name in ("empty.png", "text.jpg", "truncated.png", "tiny.png"):
+        assert name in err and not (out / name).exists()
+    assert "alpha" in err.lower()
+    for name in ("good.png", "alpha.png", "grey.png", "deep.png"):
+        assert (out / name).is_file(), name
+    assert "failed 4" in err
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "same"])
+def test_clear_errors_before_any_model_is_built(tmp_path, capsys, case):
+    (tmp_path / "empty").mkdir()
+    _faces(tmp_path / "faces", ["a.png"])
+    args = {"missing": (tmp_path / "nope", tmp_path / "o"), "empty": (tmp_path / "empty", tmp_path / "o"),
+            "same": (tmp_path / "faces", tmp_path / "faces")}[case]
+    # The official preset's weights are absent here: reaching model building would be a WeightsError.
+    assert _run("-i", args[0], "-o", args[1], "--aligned", "--no-download",
+                "--weights-dir", tmp_path / "w") == 2
+    err = capsys.readouterr().err
+    assert {"missing": "does not exist", "empty": "no images", "same": "must differ"}[case] in err
+
+
+def test_missing_weights_and_bad_config_values(tiny_cfg, tmp_path, capsys):
+    src = _faces(tmp_path / "in", ["a.png"])
+    assert _run("-i", src, "-o", tmp_path / "o", "--aligned", "--no-download", "--weights-dir", tmp_path / "w") == 2
+    err = capsys.readouterr().err
+    assert "swinir_restoration512_L1.pth not found" in err and "by hand" in err
+    assert _run("-i", src, "-o", tmp_path / "o", "--aligned", "--cfg", tiny_cfg, "--start-step", 1000) == 2
+    assert "sampling.start_step" in capsys.readouterr().err
+    assert _run("-i", src, "-o", tmp_path / "o", "--aligned", "--cfg", tiny_cfg, "no_such_key=1") == 2
+    assert "no_such_key" in capsys.readouterr().err
+
+
+def test_help_runs():
+    proc = subprocess.run([sys.executable, str(REPO / "inference.py"), "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "--start-step" in proc.stdout and "--num-samples" in proc.stdout
