@@ -8,6 +8,7 @@ then, with the key's name, before any network is built.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -151,16 +152,28 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _network(spec: NetworkConfig) -> torch.nn.Module:
+    params = spec.params
+    return build_network(spec.name, OmegaConf.to_container(params, resolve=True)
+                         if OmegaConf.is_config(params) else dict(params))
+
+
 def _weights_path(spec: NetworkConfig, weights_dir, download: bool) -> Path:
+    """The weight file of a network; a fresh download is checked by a strict load (on 'meta')."""
     if spec.weights is None:
         raise ConfigError(f"no weights given for the {spec.name} network (set its 'weights' key)")
-    return resolve_weights(spec.weights, weights_dir, download=download)
+
+    def verify(path: Path) -> None:
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # copying into meta tensors is a (wanted) no-op
+            load_weights(_network(spec), path)
+
+    return resolve_weights(spec.weights, weights_dir, download=download, verify=verify)
 
 
 def _build(spec: NetworkConfig, weights: Path, device: torch.device) -> torch.nn.Module:
     """A network with its weights, frozen, in eval mode, on `device`."""
-    net = build_network(spec.name, OmegaConf.to_container(spec.params, resolve=True)
-                        if OmegaConf.is_config(spec.params) else dict(spec.params))
+    net = _network(spec)
     load_weights(net, weights)
     net.requires_grad_(False)
     return net.eval().to(device)

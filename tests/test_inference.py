@@ -162,3 +162,39 @@ def test_missing_weights_and_bad_config_values(tiny_cfg, tmp_path, capsys):
 def test_help_runs():
     proc = subprocess.run([sys.executable, str(REPO / "inference.py"), "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "--start-step" in proc.stdout and "--num-samples" in proc.stdout
+
+
+def test_missing_registry_weights_are_downloaded_and_verified(tiny_cfg, tmp_path, monkeypatch):
+    """Registry names resolve under --weights-dir and download from a server on 127.0.0.1."""
+    import functools
+    import http.server
+    import threading
+
+    served = tmp_path / "served"
+    served.mkdir()
+    tiny = yaml.safe_load(tiny_cfg.read_text())
+    (served / "swinir_restoration512_L1.pth").write_bytes(Path(tiny["estimator"]["weights"]).read_bytes())
+    (served / "iddpm_ffhq512_ema500000.pth").write_bytes(Path(tiny["prior"]["weights"]).read_bytes())
+    tiny["estimator"]["weights"], tiny["prior"]["weights"] = "swinir_restoration512_L1", "iddpm_ffhq512_ema500000"
+    cfg = tmp_path / "registry.yaml"
+    cfg.write_text(yaml.safe_dump(tiny))
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(served)))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("DIFFACE_WEIGHTS_URL_BASE", f"http://127.0.0.1:{httpd.server_address[1]}")
+        for var in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+            monkeypatch.delenv(var, raising=False)
+        src = _faces(tmp_path / "in", ["a.png"])
+        weights = tmp_path / "weights"
+        assert _run("-i", src, "-o", tmp_path / "out", "--aligned", "--cfg", cfg, "--weights-dir", weights) == 0
+        assert (weights / "estimator" / "swinir_restoration512_L1.pth").is_file()
+        assert (weights / "diffusion" / "iddpm_ffhq512_ema500000.pth").is_file()
+        assert not list(weights.rglob("*.part"))
+        assert (tmp_path / "out" / "a.png").is_file()
+    finally:
+        httpd.shutdown()
