@@ -123,19 +123,27 @@ class DifFace:
         """Restore a batch y (B, 3, H, W) RGB [0,1]; any H, W (resized to the model size and back).
 
         Noise: `start_noise` (else drawn first) for the jump to step N, then the sampler's
-        per-step draws, all from `generator` (one, or one per sample). `mask` (B,1,H,W), 1 =
-        unknown pixel, is handed to the x0-correction hook (inpainting).
+        per-step draws, all from `generator` (one, or one per sample).
+        Inpainting: `mask` (B, 1, H, W), 1 = unknown pixel. The estimator sees the image with
+        zeros in the holes plus the mask, the x0-correction hook sees the observed pixels, and
+        the known pixels of the input are pasted back at the input's resolution.
         """
         size = (self.image_size, self.image_size)
         y_model = resize(y.float(), size)
-        x0_hat = self.estimate(y_model if mask is None else torch.cat([y_model, resize(mask, size)], 1))
+        mask_model = None
+        if mask is not None:
+            mask_model = (resize(mask.float(), size) > 0.5).float()
+            y_model = y_model * (1 - mask_model)
+            x0_hat = self.estimate(torch.cat([y_model, mask_model], 1))
+        else:
+            x0_hat = self.estimate(y_model)
         # Paper Eq. 6: one closed-form jump to level N.
         abar_n = self.schedule.alpha_bar(self.start_step)
         z = start_noise if start_noise is not None else draw_noise(x0_hat, generator)
         x_n = abar_n ** 0.5 * (2 * x0_hat - 1) + (1 - abar_n) ** 0.5 * z.to(x0_hat)
         correct = None
         if self.correct_x0_factory is not None:
-            correct = self.correct_x0_factory(2 * y_model - 1, None if mask is None else resize(mask, size))
+            correct = self.correct_x0_factory(2 * y_model - 1, mask_model)
         kwargs = {"eta": self.eta} if self.sampler == "ddim" else {}
         x0 = SAMPLERS[self.sampler](self._prior, x_n, self.timesteps, self.schedule, generator=generator,
                                     noise_fn=noise_fn, correct_x0=correct, **kwargs)
@@ -144,7 +152,36 @@ class DifFace:
         if out_size != size:
             sample = resize(sample, out_size).clamp(0.0, 1.0)
             x0_hat = resize(x0_hat, out_size).clamp(0.0, 1.0)
+        if mask is not None:  # keep every observed pixel exactly as it was
+            known = 1 - (mask.float() > 0.5).float()
+            sample = sample * (1 - known) + y.float() * known
         return Restoration(sample=sample, estimate=x0_hat)
+
+
+def known_pixel_correction(gamma: float = 0.5, num_update: int = 1):
+    """The inpainting data-consistency hook (official `masking_regularizer`, SPEC §2.5).
+
+    Returns a factory `(y, mask) -> correct_x0(x0, t)`: `num_update` gradient steps on
+    R(x0) = sum((x0 - y)^2 (1 - mask)), i.e. x0 <- x0 - 2 gamma (x0 - y)(1 - mask), then a clip
+    to [-1, 1]. y (B,3,S,S) in [-1,1], mask (B,1,S,S) with 1 = hole. With gamma = 0.5 the known
+    pixels of x0 are replaced by the observed ones.
+    """
+    if gamma < 0 or num_update < 0:
+        raise ValueError(f"gamma and num_update must be >= 0, got {gamma}, {num_update}")
+
+    def factory(y: torch.Tensor, mask: torch.Tensor | None):
+        if mask is None:
+            raise ValueError("the known-pixel correction needs a mask")
+        known = 1 - mask
+
+        def correct_x0(x0: torch.Tensor, t: int) -> torch.Tensor:
+            for _ in range(num_update):
+                x0 = x0 - 2 * gamma * (x0 - y) * known
+            return x0.clamp(-1.0, 1.0)
+
+        return correct_x0
+
+    return factory
 
 
 def per_sample_generators(seed: int, names: Sequence[str], sample: int = 0,

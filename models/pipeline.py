@@ -20,7 +20,7 @@ from omegaconf.errors import OmegaConfBaseException
 from . import NetworkConfig, build_network
 from .checkpoint import load_weights, resolve_weights
 from .diffusion import DiffusionSchedule
-from .difface import DTYPES, DifFace
+from .difface import DTYPES, DifFace, known_pixel_correction
 from .samplers import SAMPLERS
 
 PRESET_DIR = Path(__file__).resolve().parents[1] / "configs" / "inference"
@@ -180,7 +180,7 @@ def _build(spec: NetworkConfig, weights: Path, device: torch.device) -> torch.nn
 
 
 def build_difface(cfg: InferenceConfig, device: torch.device, weights_dir: str | os.PathLike | None = None,
-                  download: bool = True, correct_x0_factory=None) -> DifFace:
+                  download: bool = True) -> DifFace:
     """Build the networks of `cfg`, load their weights and wrap them in the method."""
     # Find (or fetch) both weight files before building anything large.
     paths = [_weights_path(spec, weights_dir, download) for spec in (cfg.estimator, cfg.prior)]
@@ -190,4 +190,11 @@ def build_difface(cfg: InferenceConfig, device: torch.device, weights_dir: str |
     s = cfg.sampling
     return DifFace(estimator, prior, schedule, image_size=cfg.image_size, start_step=s.start_step,
                    grid=s.grid, steps=s.steps, official_start=s.official_start, eta=s.eta,
-                   sampler=s.sampler, dtype=cfg.dtype, correct_x0_factory=correct_x0_factory)
+                   sampler=s.sampler, dtype=cfg.dtype, correct_x0_factory=correction(cfg))
+
+
+def correction(cfg: InferenceConfig):
+    """The x0-correction hook of the task: known-pixel consistency for inpainting, else none."""
+    if cfg.task == "inpainting":
+        return known_pixel_correction(cfg.inpainting.gamma, cfg.inpainting.num_update)
+    return None
