@@ -1,8 +1,10 @@
-"""Restore faces with DifFace: `python inference.py -i LQ_DIR -o OUT_DIR [options]`.
+"""Restore faces with DifFace: `python inference.py -i INPUT -o OUT_DIR [options]`.
 
-Reads every image of a file or folder, restores it and writes `<stem>.png` (several samples:
-`<stem>_s<k>.png`) of the input's size into the output folder, with a JSON manifest of the run.
-Bad files are reported by name and skipped; the exit code is 1 when any file failed.
+Aligned face crops (`--aligned`): every image gives `OUT/<stem>.png` (several samples:
+`<stem>_s<k>.png`) of the input's size. Whole photos (default): faces are detected, aligned,
+restored and pasted back onto an upscaled background, `OUT/restored_image/<stem>.png`.
+A JSON manifest records the run. Bad files are reported by name and skipped; the exit code is
+1 when any file failed.
 """
 from __future__ import annotations
 
@@ -12,25 +14,24 @@ import platform
 import sys
 import time
 import warnings
-from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from datapipe.image_io import ImageReadError, ImageWriteError, is_image_file, list_images, read_image, write_image
+from datapipe.faces import FaceDetector, upscale_lanczos
+from datapipe.image_io import (ImageReadError, ImageWriteError, read_image, tensor_to_uint8, uint8_to_tensor,
+                               write_image)
+from datapipe.jobs import Job, PlanError, plan_jobs, sample_names
+from datapipe.photos import PhotoTooLarge, lanczos_background, restore_photo
 from models.checkpoint import WeightsError, default_weights_dir
 from models.difface import image_generator, resize
 from models.pipeline import DEVICES, ConfigError, build_difface, load_config, pick_device
 
 MIN_FACE_SIDE = 32  # smaller inputs cannot hold a face worth restoring
 DEFAULT_CFG = "difface_ffhq512"
-
-
-class UsageError(Exception):
-    """A mistake in the command line, found before any model is built."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -67,6 +68,22 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "(default: $DIFFACE_WEIGHTS or ./weights)")
     r.add_argument("--no-download", dest="download", action="store_false",
                    help="never download missing weights")
+    w = p.add_argument_group("whole photos (without --aligned)")
+    w.add_argument("--detector", default="hog", choices=("hog", "cnn", "retinaface"),
+                   help="face detector: dlib HOG or CNN (offline), or RetinaFace (needs facexlib)")
+    w.add_argument("--det-threshold", type=float, default=None,
+                   help="detector score threshold (default: hog -0.3, cnn 0.0, retinaface 0.8)")
+    w.add_argument("--min-face-size", type=float, default=16.0, help="smaller faces (px) are skipped")
+    w.add_argument("--upscale", type=int, default=2, help="output size factor of the whole photo")
+    w.add_argument("--bg-upsampler", default="lanczos", choices=("lanczos", "realesrgan"),
+                   help="background upsampling")
+    w.add_argument("--bg-weights", default=None,
+                   help="Real-ESRGAN weights: a file or RealESRGAN_x2plus / RealESRGAN_x4plus")
+    w.add_argument("--bg-tile", type=int, default=400, help="Real-ESRGAN tile size in pixels (0 = no tiling)")
+    w.add_argument("--max-pixels", type=float, default=40e6, help="larger photos are refused")
+    w.add_argument("--draw-box", action="store_true", help="outline each restored face in green")
+    w.add_argument("--save-faces", action="store_true",
+                   help="also write the aligned LQ crops and restored crops of every face")
     o = p.add_argument_group("outputs")
     o.add_argument("--save-estimate", action="store_true",
                    help="also write the estimator output f(y) to OUT/estimates/")
@@ -88,56 +105,6 @@ def resolve_config(args: argparse.Namespace):
 
 
 # --------------------------------------------------------------------------------------------
-# Planning: which file goes where (no model needed)
-# --------------------------------------------------------------------------------------------
-
-@dataclass
-class Job:
-    """One input image and the files it produces."""
-
-    source: Path
-    key: str                       # name used for seeding: the relative path of the input
-    outputs: list[Path]
-    estimate: Path | None = None
-    record: dict = field(default_factory=dict)
-
-
-def list_inputs(src: Path, out: Path, recursive: bool) -> tuple[Path, list[Path]]:
-    if not src.exists():
-        raise UsageError(f"input path does not exist: {src}")
-    if src.is_file():
-        if not is_image_file(src):
-            raise UsageError(f"input file is not an image type we read: {src}")
-        return src.parent, [src]
-    if src.resolve() == out.resolve():
-        raise UsageError(f"the output folder must differ from the input folder: {out}")
-    files = [f for f in list_images(src, recursive=recursive) if out.resolve() not in f.resolve().parents]
-    if not files:
-        raise UsageError(f"no images found in {src}" + ("" if recursive else " (use --recursive for sub-folders)"))
-    return src, files
-
-
-def plan_jobs(src: Path, out: Path, recursive: bool, num_samples: int, save_estimate: bool) -> list[Job]:
-    """Output names: the input's relative path with .png; clashing stems keep their extension."""
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"output path exists and is not a folder: {out}")
-    root, files = list_inputs(src, out, recursive)
-    by_stem = defaultdict(list)
-    for f in files:
-        by_stem[f.relative_to(root).with_suffix("").as_posix().lower()].append(f)
-    jobs = []
-    for f in files:
-        rel = f.relative_to(root)
-        stem = rel.with_suffix("")
-        if len(by_stem[stem.as_posix().lower()]) > 1:  # a.png and a.jpg -> a_png.png, a_jpg.png
-            stem = stem.with_name(f"{stem.name}_{f.suffix.lstrip('.').lower()}")
-        names = [stem] if num_samples == 1 else [stem.with_name(f"{stem.name}_s{k}") for k in range(num_samples)]
-        jobs.append(Job(source=f, key=rel.as_posix(), outputs=[out / n.with_suffix(".png") for n in names],
-                        estimate=(out / "estimates" / stem.with_suffix(".png")) if save_estimate else None))
-    return jobs
-
-
-# --------------------------------------------------------------------------------------------
 # Running
 # --------------------------------------------------------------------------------------------
 
@@ -145,8 +112,13 @@ def log(msg: str) -> None:
     tqdm.write(msg, file=sys.stderr)
 
 
-def load_face(job: Job, size: int) -> torch.Tensor | None:
-    """The input at the model size, (3, S, S); None (and the job marked failed) on a bad file."""
+def fail(job: Job, error: str) -> None:
+    job.record.update(status="failed", error=error)
+    log(f"error: {error}")
+
+
+def read(job: Job) -> torch.Tensor | None:
+    """The input as (3, H, W) RGB [0,1], warnings relayed; None (job failed) for a bad file."""
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -154,40 +126,125 @@ def load_face(job: Job, size: int) -> torch.Tensor | None:
         for w in caught:
             log(f"warning: {w.message}")
     except ImageReadError as e:
-        job.record.update(status="failed", error=str(e))
-        log(f"error: {e}")
+        fail(job, str(e))
         return None
     h, w = img.shape[-2:]
-    if min(h, w) < MIN_FACE_SIDE:
-        job.record.update(status="failed", error=f"image is {w}x{h}, too small to be a face "
-                          f"(at least {MIN_FACE_SIDE}x{MIN_FACE_SIDE})")
-        log(f"error: {job.source}: {job.record['error']}")
-        return None
-    if (h, w) != (size, size):
-        log(f"warning: {job.source} is {w}x{h}; it is resized to {size}x{size} for the model and back")
     job.record["size"] = [w, h]
-    return resize(img[None], (size, size))[0]
+    if min(h, w) < MIN_FACE_SIDE and job.record.get("aligned"):
+        fail(job, f"{job.source}: image is {w}x{h}, too small to be a face (at least {MIN_FACE_SIDE}x{MIN_FACE_SIDE})")
+        return None
+    return img
 
 
-def restore_batch(method, cfg, jobs: list[Job], faces: list[torch.Tensor], device) -> None:
-    """Restore a batch of model-size faces and write every output of the jobs."""
-    y = torch.stack(faces).to(device)
-    start = time.perf_counter()
-    for k in range(cfg.num_samples):
-        gens = [image_generator(cfg.seed, job.key, k) for job in jobs]
-        result = method.restore(y, generator=gens)
-        for i, job in enumerate(jobs):
-            w, h = job.record["size"]
-            write_image(job.outputs[k], resize(result.sample[i:i + 1], (h, w))[0].clamp(0, 1).cpu())
-            if k == 0 and job.estimate is not None:
-                write_image(job.estimate, resize(result.estimate[i:i + 1], (h, w))[0].clamp(0, 1).cpu())
-    seconds = (time.perf_counter() - start) / len(jobs)
+def restore_crops(method, cfg, crops: torch.Tensor, keys, device):
+    """Restore (N, 3, S, S) model-size faces in batches; one generator per (seed, key, sample).
+
+    Returns ([samples] each (N, 3, S, S) on the CPU, estimates (N, 3, S, S)).
+    """
+    samples = [[] for _ in range(cfg.num_samples)]
+    estimates = []
+    for i in range(0, len(crops), cfg.batch_size):
+        y = crops[i:i + cfg.batch_size].to(device)
+        batch_keys = keys[i:i + cfg.batch_size]
+        for k in range(cfg.num_samples):
+            result = method.restore(y, generator=[image_generator(cfg.seed, key, k) for key in batch_keys])
+            samples[k].append(result.sample.cpu())
+            if k == 0:
+                estimates.append(result.estimate.cpu())
+    return [torch.cat(s) for s in samples], torch.cat(estimates)
+
+
+def run_aligned(method, cfg, jobs: list[Job], device, bar) -> None:
+    """Aligned crops: resized to the model size, restored in batches, resized back, written."""
+    size = (cfg.image_size, cfg.image_size)
+    for i in range(0, len(jobs), cfg.batch_size):
+        batch = []
+        for job in jobs[i:i + cfg.batch_size]:
+            if (img := read(job)) is not None:
+                if tuple(img.shape[-2:]) != size:
+                    log(f"warning: {job.source} is {job.record['size'][0]}x{job.record['size'][1]}; "
+                        f"it is resized to {size[1]}x{size[0]} for the model and back")
+                batch.append((job, resize(img[None], size)[0]))
+        if batch:
+            start = time.perf_counter()
+            samples, estimates = restore_crops(method, cfg, torch.stack([f for _, f in batch]),
+                                               [j.key for j, _ in batch], device)
+            seconds = (time.perf_counter() - start) / len(batch)
+            for n, (job, _) in enumerate(batch):
+                w, h = job.record["size"]
+                back = lambda t: resize(t[n:n + 1], (h, w))[0].clamp(0, 1)  # noqa: E731
+                try:
+                    for k, path in enumerate(job.outputs):
+                        write_image(path, back(samples[k]))
+                    if job.estimate is not None:
+                        write_image(job.estimate, back(estimates))
+                    job.record.update(status="done", seconds=round(seconds, 3))
+                except ImageWriteError as e:
+                    fail(job, str(e))
+        bar.update(len(jobs[i:i + cfg.batch_size]))
+
+
+def background_upsampler(args, device):
+    """`img, scale -> img` for the whole photo: Lanczos, or Real-ESRGAN (tiled)."""
+    if args.bg_upsampler == "lanczos":
+        return lanczos_background
+    from models.checkpoint import load_weights, resolve_weights
+    from models.rrdbnet import realesrgan, upscale_tiled
+
+    name = args.bg_weights or ("RealESRGAN_x4plus" if args.upscale > 2 else "RealESRGAN_x2plus")
+    net_scale = 4 if "x4" in Path(name).name else 2
+    net = realesrgan(net_scale)
+    load_weights(net, resolve_weights(name, args.weights_dir, download=args.download))
+    net = net.eval().requires_grad_(False).to(device)
+
+    def upsample(img, scale):
+        up = upscale_tiled(net, uint8_to_tensor(img)[None].to(device), net_scale, tile=args.bg_tile)[0]
+        out = tensor_to_uint8(up.cpu())
+        h, w = img.shape[:2]
+        return out if out.shape[:2] == (h * scale, w * scale) else upscale_lanczos(out, (h * scale) / out.shape[0])
+
+    return upsample
+
+
+def run_photos(method, cfg, jobs: list[Job], device, bar, args) -> None:
+    """Whole photos: detect, align, restore, paste back; a photo without a face is only upscaled."""
+    detector = FaceDetector(args.detector, score_threshold=args.det_threshold, min_face_size=args.min_face_size)
+    background = background_upsampler(args, device)
+    template = np.asarray(cfg.face.template, dtype=np.float32)
+    out = Path(args.output)
     for job in jobs:
-        job.record.update(status="done", seconds=round(seconds, 3))
+        img = read(job)
+        if img is not None:
+            start = time.perf_counter()
+            restore = lambda crops, keys: restore_crops(method, cfg, crops, keys, device)[0]  # noqa: E731
+            try:
+                result = restore_photo(tensor_to_uint8(img), detector, restore, job.key, face_size=cfg.image_size,
+                                       template=template, template_size=cfg.face.template_size,
+                                       border_value=list(cfg.face.border_value), upscale=args.upscale,
+                                       background_fn=background, draw_box=args.draw_box, max_pixels=int(args.max_pixels))
+                for path, image in zip(job.outputs, result.images * len(job.outputs)):
+                    write_image(path, image)
+                if args.save_faces:
+                    save_faces(out, job, result, cfg.num_samples)
+                status = "done" if result.faces else "no face"
+                job.record.update(status=status, seconds=round(time.perf_counter() - start, 3), **result.manifest())
+                if not result.faces:
+                    log(f"no face found in {job.source}; the upscaled photo is written")
+            except (PhotoTooLarge, ImageWriteError) as e:
+                fail(job, f"{job.source}: {e}" if isinstance(e, PhotoTooLarge) else str(e))
+        bar.update(1)
+
+
+def save_faces(out: Path, job: Job, result, num_samples: int) -> None:
+    """LQ crops to OUT/cropped_faces, restored crops to OUT/restored_faces, as <stem>_<k>.png."""
+    for k, crop in enumerate(result.crops):
+        write_image(out / "cropped_faces" / job.stem.with_name(f"{job.stem.name}_{k:02d}.png"), crop)
+        for s, path in enumerate(sample_names(job.stem, num_samples, f"_{k:02d}")):
+            write_image(out / "restored_faces" / path, result.restored[s][k])
 
 
 def run(cfg, jobs: list[Job], args) -> dict:
-    """Build the model once, stream the images in batches, return the run summary."""
+    """Build the model once, stream the inputs, return the run summary."""
     device = pick_device(cfg.device)
     log(f"DifFace: model '{cfg.name}' on {device} ({cfg.dtype}); N={cfg.sampling.start_step}, "
         f"eta={cfg.sampling.eta}, sampler={cfg.sampling.sampler}")
@@ -195,32 +252,25 @@ def run(cfg, jobs: list[Job], args) -> dict:
     log(f"{len(method.timesteps)} network evaluations per face, first at step {method.timesteps[0]}")
     todo = []
     for job in jobs:
-        job.record.update(input=str(job.source), outputs=[str(p) for p in job.outputs], seed=cfg.seed)
+        job.record.update(input=str(job.source), outputs=[str(p) for p in job.outputs], seed=cfg.seed,
+                          aligned=args.aligned)
         if not args.overwrite and all(p.exists() for p in job.outputs):
             job.record["status"] = "skipped"
             log(f"skipped {job.source}: outputs exist (use --overwrite to replace them)")
         else:
             todo.append(job)
-    bar = tqdm(total=len(todo), desc="faces", unit="face", file=sys.stderr)
-    for i in range(0, len(todo), cfg.batch_size):
-        batch = todo[i:i + cfg.batch_size]
-        loaded = [(job, face) for job in batch if (face := load_face(job, cfg.image_size)) is not None]
-        if loaded:
-            try:
-                restore_batch(method, cfg, [j for j, _ in loaded], [f for _, f in loaded], device)
-            except ImageWriteError as e:
-                for job, _ in loaded:
-                    job.record.update(status="failed", error=str(e))
-                log(f"error: {e}")
-        bar.update(len(batch))
-    bar.close()
+    with tqdm(total=len(todo), desc="faces" if args.aligned else "photos", file=sys.stderr) as bar:
+        if args.aligned:
+            run_aligned(method, cfg, todo, device, bar)
+        else:
+            run_photos(method, cfg, todo, device, bar, args)
     return summarise(jobs)
 
 
 def summarise(jobs: list[Job]) -> dict:
-    counts = {s: sum(j.record.get("status") == s for j in jobs) for s in ("done", "skipped", "failed")}
+    counts = {s: sum(j.record.get("status") == s for j in jobs) for s in ("done", "no face", "skipped", "failed")}
     done = [j.record["seconds"] for j in jobs if j.record.get("status") == "done"]
-    counts["seconds_per_face"] = round(sum(done) / len(done), 3) if done else None
+    counts["seconds_per_image"] = round(sum(done) / len(done), 3) if done else None
     return counts
 
 
@@ -239,12 +289,12 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         cfg = resolve_config(args)
-        if not args.aligned:
-            raise UsageError("whole-image mode (detect, align, paste back) is not yet supported; "
-                             "pass --aligned for aligned face crops")
+        if not args.aligned and cfg.task == "inpainting":
+            raise PlanError("inpainting works on aligned faces: pass --aligned")
         src, out = Path(args.input).expanduser(), Path(args.output).expanduser()
-        jobs = plan_jobs(src, out, args.recursive, cfg.num_samples, args.save_estimate)
-    except (UsageError, ConfigError) as e:
+        jobs = plan_jobs(src, out, args.recursive, cfg.num_samples, args.save_estimate and args.aligned,
+                         subdir="" if args.aligned else "restored_image")
+    except (PlanError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.dry_run:
@@ -255,12 +305,13 @@ def main(argv=None) -> int:
         return 0
     try:
         summary = run(cfg, jobs, args)
-    except (WeightsError, ConfigError) as e:
+    except (WeightsError, ConfigError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     manifest = write_manifest(out, cfg, jobs, summary)
-    print(f"done {summary['done']}, skipped {summary['skipped']}, failed {summary['failed']}; "
-          f"{summary['seconds_per_face']} s per face; manifest: {manifest}", file=sys.stderr)
+    print(f"done {summary['done']}, no face {summary['no face']}, skipped {summary['skipped']}, "
+          f"failed {summary['failed']}; {summary['seconds_per_image']} s per image; manifest: {manifest}",
+          file=sys.stderr)
     return 1 if summary["failed"] else 0
 
 

@@ -198,3 +198,45 @@ def test_missing_registry_weights_are_downloaded_and_verified(tiny_cfg, tmp_path
         assert (tmp_path / "out" / "a.png").is_file()
     finally:
         httpd.shutdown()
+
+
+# ---- whole photos ---------------------------------------------------------------------------
+
+def test_whole_photos_faces_are_restored_and_pasted(tiny_cfg, tmp_path, shared_data):
+    import shutil
+
+    from datapipe.image_io import read_image
+    src = tmp_path / "photos"
+    src.mkdir()
+    shutil.copy(shared_data / "lq_whole" / "dfdnet_testwhole" / "test1.jpg", src)
+    shutil.copy(shared_data / "lq_whole" / "codeformer_whole_imgs" / "02.png", src)  # RGBA, 4 faces
+    grey = (read_image(src / "test1.jpg").mean(0) * 255).numpy().astype(np.uint8)
+    import cv2
+    cv2.imwrite(str(src / "grey.png"), grey)
+    cv2.imwrite(str(src / "landscape.png"), np.tile(np.linspace(0, 255, 300, dtype=np.uint8), (200, 1)))
+    cv2.imwrite(str(src / "dot.png"), np.zeros((1, 1, 3), np.uint8))
+    out = tmp_path / "out"
+    assert _run("-i", src, "-o", out, "--cfg", tiny_cfg, "--save-faces", "--draw-box") == 0
+    manifest = json.loads(next(out.glob("manifest_*.json")).read_text())
+    records = {Path(r["input"]).name: r for r in manifest["images"]}
+    assert len(records["test1.jpg"]["faces"]) >= 1 and len(records["grey.png"]["faces"]) >= 1
+    assert len(records["02.png"]["faces"]) >= 4
+    for name in ("landscape.png", "dot.png"):
+        assert records[name]["status"] == "no face" and records[name]["faces"] == []
+    for name, record in records.items():
+        w, h = record["size"]
+        factor = max(1.0, 512 / min(w, h))
+        expected = (round(h * factor) * 2, round(w * factor) * 2)
+        assert read_image(out / "restored_image" / (Path(name).stem + ".png")).shape[-2:] == expected, name
+    assert (out / "cropped_faces" / "02_00.png").is_file() and (out / "restored_faces" / "02_03.png").is_file()
+
+
+def test_whole_photo_limits_and_missing_detector(tiny_cfg, tmp_path, capsys):
+    src = _faces(tmp_path / "in", ["big.png"], size=100)
+    assert _run("-i", src, "-o", tmp_path / "o", "--cfg", tiny_cfg, "--max-pixels", 5000) == 1
+    assert "megapixels" in capsys.readouterr().err
+    try:
+        import facexlib  # noqa: F401
+    except ImportError:
+        assert _run("-i", src, "-o", tmp_path / "o2", "--cfg", tiny_cfg, "--detector", "retinaface") == 2
+        assert "facexlib" in capsys.readouterr().err
