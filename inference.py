@@ -25,13 +25,15 @@ from datapipe.faces import FaceDetector, upscale_lanczos
 from datapipe.image_io import (ImageReadError, ImageWriteError, read_image, tensor_to_uint8, uint8_to_tensor,
                                write_image)
 from datapipe.jobs import Job, PlanError, plan_jobs, sample_names
+from datapipe.masks import MaskError, check_mask, detect_black_holes, detect_white_scribbles, find_mask, read_mask
 from datapipe.photos import PhotoTooLarge, lanczos_background, restore_photo
 from models.checkpoint import WeightsError, default_weights_dir
-from models.difface import image_generator, resize
+from models.difface import image_generator, resize, resize_mask
 from models.pipeline import DEVICES, ConfigError, build_difface, load_config, pick_device
 
 MIN_FACE_SIDE = 32  # smaller inputs cannot hold a face worth restoring
 DEFAULT_CFG = "difface_ffhq512"
+INPAINT_CFG = "inpaint_ffhq256"
 
 
 # --------------------------------------------------------------------------------------------
@@ -47,8 +49,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--aligned", action="store_true",
                    help="inputs are aligned face crops (FFHQ-style); without it, whole photos")
     p.add_argument("--recursive", action="store_true", help="also read sub-folders, mirrored in the output")
-    p.add_argument("--cfg", default=DEFAULT_CFG,
-                   help="a preset of configs/inference/ (name without .yaml) or a YAML file")
+    p.add_argument("--cfg", default=None,
+                   help=f"a preset of configs/inference/ (name without .yaml) or a YAML file "
+                        f"(default: {DEFAULT_CFG}, or {INPAINT_CFG} with --task inpainting)")
+    p.add_argument("--task", choices=("restoration", "inpainting"), default=None,
+                   help="restoration, or inpainting of masked aligned faces (default: the config's task)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. sampling.eta=1.0")
     g = p.add_argument_group("sampling (override the config)")
     g.add_argument("--start-step", type=int, help="N: base step (of 1000) the estimate is diffused to")
@@ -84,6 +89,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     w.add_argument("--draw-box", action="store_true", help="outline each restored face in green")
     w.add_argument("--save-faces", action="store_true",
                    help="also write the aligned LQ crops and restored crops of every face")
+    m = p.add_argument_group("inpainting masks (with --task inpainting)")
+    m.add_argument("--mask", default=None, metavar="DIR",
+                   help="folder of mask files matched by name (white = hole); default: holes found in the image")
+    m.add_argument("--mask-style", choices=("black", "white"), default="black",
+                   help="holes in the image itself: exactly black pixels (official) or white scribbles")
     o = p.add_argument_group("outputs")
     o.add_argument("--save-estimate", action="store_true",
                    help="also write the estimator output f(y) to OUT/estimates/")
@@ -99,9 +109,10 @@ def resolve_config(args: argparse.Namespace):
              "sampling.eta": args.eta, "sampling.sampler": args.sampler,
              "num_samples": args.num_samples, "seed": args.seed, "batch_size": args.batch_size,
              "device": args.device, "dtype": args.dtype,
-             "sampling.official_start": False if args.textbook_start else None}
+             "sampling.official_start": False if args.textbook_start else None, "task": args.task}
     overrides = list(args.overrides) + [f"{k}={v}" for k, v in flags.items() if v is not None]
-    return load_config(args.cfg, overrides)
+    name = args.cfg or (INPAINT_CFG if args.task == "inpainting" else DEFAULT_CFG)
+    return load_config(name, overrides)
 
 
 # --------------------------------------------------------------------------------------------
@@ -136,46 +147,75 @@ def read(job: Job) -> torch.Tensor | None:
     return img
 
 
-def restore_crops(method, cfg, crops: torch.Tensor, keys, device):
+def read_mask_of(job: Job, img: torch.Tensor, args) -> torch.Tensor | None:
+    """The hole mask (1, H, W) of an inpainting input (1 = hole); None (job failed) when unusable."""
+    try:
+        if args.mask:
+            mask = read_mask(find_mask(job.source, Path(args.mask)))
+        elif args.mask_style == "white":
+            mask = detect_white_scribbles(img)
+        else:
+            mask = detect_black_holes(img)
+        job.record["hole_fraction"] = round(check_mask(mask, img.shape, str(job.source)), 4)
+        return mask
+    except (MaskError, ImageReadError) as e:
+        fail(job, str(e))
+        return None
+
+
+def restore_crops(method, cfg, crops: torch.Tensor, keys, device, masks: torch.Tensor | None = None):
     """Restore (N, 3, S, S) model-size faces in batches; one generator per (seed, key, sample).
 
-    Returns ([samples] each (N, 3, S, S) on the CPU, estimates (N, 3, S, S)).
+    masks: (N, 1, S, S), 1 = hole, for inpainting. Returns ([samples] each (N, 3, S, S) on the
+    CPU, estimates (N, 3, S, S)).
     """
     samples = [[] for _ in range(cfg.num_samples)]
     estimates = []
     for i in range(0, len(crops), cfg.batch_size):
         y = crops[i:i + cfg.batch_size].to(device)
+        mask = masks[i:i + cfg.batch_size].to(device) if masks is not None else None
         batch_keys = keys[i:i + cfg.batch_size]
         for k in range(cfg.num_samples):
-            result = method.restore(y, generator=[image_generator(cfg.seed, key, k) for key in batch_keys])
+            result = method.restore(y, generator=[image_generator(cfg.seed, key, k) for key in batch_keys],
+                                    mask=mask)
             samples[k].append(result.sample.cpu())
             if k == 0:
                 estimates.append(result.estimate.cpu())
     return [torch.cat(s) for s in samples], torch.cat(estimates)
 
 
-def run_aligned(method, cfg, jobs: list[Job], device, bar) -> None:
-    """Aligned crops: resized to the model size, restored in batches, resized back, written."""
+def run_aligned(method, cfg, jobs: list[Job], device, bar, args) -> None:
+    """Aligned crops: resized to the model size, restored in batches, resized back, written.
+
+    Inpainting: the known pixels of the input are put back at the input's own resolution.
+    """
     size = (cfg.image_size, cfg.image_size)
     for i in range(0, len(jobs), cfg.batch_size):
         batch = []
         for job in jobs[i:i + cfg.batch_size]:
-            if (img := read(job)) is not None:
-                if tuple(img.shape[-2:]) != size:
-                    log(f"warning: {job.source} is {job.record['size'][0]}x{job.record['size'][1]}; "
-                        f"it is resized to {size[1]}x{size[0]} for the model and back")
-                batch.append((job, resize(img[None], size)[0]))
+            if (img := read(job)) is None:
+                continue
+            mask = read_mask_of(job, img, args) if cfg.task == "inpainting" else None
+            if cfg.task == "inpainting" and mask is None:
+                continue
+            if tuple(img.shape[-2:]) != size:
+                log(f"warning: {job.source} is {job.record['size'][0]}x{job.record['size'][1]}; "
+                    f"it is resized to {size[1]}x{size[0]} for the model and back")
+            batch.append((job, img, mask))
         if batch:
             start = time.perf_counter()
-            samples, estimates = restore_crops(method, cfg, torch.stack([f for _, f in batch]),
-                                               [j.key for j, _ in batch], device)
+            masks = None if cfg.task != "inpainting" else torch.stack(
+                [resize_mask(m[None], size)[0] for _, _, m in batch])
+            samples, estimates = restore_crops(method, cfg, torch.stack([resize(img[None], size)[0] for _, img, _ in batch]),
+                                               [j.key for j, _, _ in batch], device, masks)
             seconds = (time.perf_counter() - start) / len(batch)
-            for n, (job, _) in enumerate(batch):
+            for n, (job, img, mask) in enumerate(batch):
                 w, h = job.record["size"]
                 back = lambda t: resize(t[n:n + 1], (h, w))[0].clamp(0, 1)  # noqa: E731
+                keep = (lambda x: x * mask + img * (1 - mask)) if mask is not None else (lambda x: x)  # noqa: E731
                 try:
                     for k, path in enumerate(job.outputs):
-                        write_image(path, back(samples[k]))
+                        write_image(path, keep(back(samples[k])))
                     if job.estimate is not None:
                         write_image(job.estimate, back(estimates))
                     job.record.update(status="done", seconds=round(seconds, 3))
@@ -261,7 +301,7 @@ def run(cfg, jobs: list[Job], args) -> dict:
             todo.append(job)
     with tqdm(total=len(todo), desc="faces" if args.aligned else "photos", file=sys.stderr) as bar:
         if args.aligned:
-            run_aligned(method, cfg, todo, device, bar)
+            run_aligned(method, cfg, todo, device, bar, args)
         else:
             run_photos(method, cfg, todo, device, bar, args)
     return summarise(jobs)

@@ -68,6 +68,13 @@ def resize(img: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(img, size=size, mode="bicubic", antialias=True, align_corners=False)
 
 
+def resize_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Nearest-neighbour resize of a (B, 1, H, W) {0, 1} mask; stays binary."""
+    if tuple(mask.shape[-2:]) == tuple(size):
+        return (mask > 0.5).float()
+    return (F.interpolate(mask.float(), size=size, mode="nearest") > 0.5).float()
+
+
 @dataclass
 class Restoration:
     """Output of `DifFace.restore`: images (B, 3, H, W) RGB in [0, 1] at the input size."""
@@ -132,7 +139,7 @@ class DifFace:
         y_model = resize(y.float(), size)
         mask_model = None
         if mask is not None:
-            mask_model = (resize(mask.float(), size) > 0.5).float()
+            mask_model = resize_mask(mask, size)
             y_model = y_model * (1 - mask_model)
             x0_hat = self.estimate(torch.cat([y_model, mask_model], 1))
         else:

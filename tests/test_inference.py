@@ -240,3 +240,66 @@ def test_whole_photo_limits_and_missing_detector(tiny_cfg, tmp_path, capsys):
     except ImportError:
         assert _run("-i", src, "-o", tmp_path / "o2", "--cfg", tiny_cfg, "--detector", "retinaface") == 2
         assert "facexlib" in capsys.readouterr().err
+
+
+# ---- inpainting -----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_inpaint_cfg(tiny_cfg, tmp_path_factory) -> Path:
+    from tests.test_inpainting import TINY_LAMA
+    root = tmp_path_factory.mktemp("tiny_inpaint")
+    torch.save(build_network("lama", TINY_LAMA).state_dict(), root / "lama.pth")
+    cfg = yaml.safe_load(tiny_cfg.read_text())
+    cfg.update(task="inpainting", name="tiny inpainting model",
+               estimator={"name": "lama", "params": TINY_LAMA, "weights": str(root / "lama.pth")})
+    cfg["sampling"].update(start_step=480, eta=1.0)
+    path = root / "inpaint.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_inpainting_black_holes_white_scribbles_and_mask_files(tiny_inpaint_cfg, tmp_path, shared_data, capsys):
+    from datapipe.image_io import read_image
+    from datapipe.masks import detect_black_holes, detect_white_scribbles
+
+    black = shared_data / "masked" / "difface_inpainting_256"
+    out = tmp_path / "black"
+    assert _run("-i", black, "-o", out, "--aligned", "--cfg", tiny_inpaint_cfg) == 0
+    for src in sorted(black.glob("*.png")):
+        y, res = read_image(src), read_image(out / src.name)
+        known = detect_black_holes(y).expand_as(y) == 0
+        assert torch.equal(res[known], (y[known] * 255).round() / 255), f"{src.name}: known pixels changed"
+        assert (res[~known] > 0).float().mean() > 0.5, f"{src.name}: the hole was not filled"
+
+    white = shared_data / "masked" / "codeformer_masked_faces"
+    out = tmp_path / "white"
+    assert _run("-i", white, "-o", out, "--aligned", "--cfg", tiny_inpaint_cfg, "--mask-style", "white") == 0
+    for src in sorted(white.glob("*.png")):
+        hole = detect_white_scribbles(read_image(src)).expand(3, -1, -1) == 1
+        assert (read_image(out / src.name)[hole] < 0.98).float().mean() > 0.5, f"{src.name}: scribbles kept"
+
+    faces = _faces(tmp_path / "faces", ["a.png", "b.png", "c.png", "d.png"])
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    hole = np.zeros((32, 32), np.uint8)
+    hole[8:20, 8:24] = 255
+    import cv2
+    cv2.imwrite(str(masks / "a.png"), hole)
+    cv2.imwrite(str(masks / "b.png"), np.zeros((32, 32), np.uint8))      # covers nothing
+    cv2.imwrite(str(masks / "c.png"), np.full((32, 32), 255, np.uint8))  # covers everything
+    cv2.imwrite(str(masks / "d.png"), np.zeros((16, 16), np.uint8))      # wrong size
+    out = tmp_path / "files"
+    assert _run("-i", faces, "-o", out, "--aligned", "--cfg", tiny_inpaint_cfg, "--mask", masks) == 1
+    err = capsys.readouterr().err
+    assert (out / "a.png").is_file() and not any((out / f"{n}.png").exists() for n in "bcd")
+    for name in ("b.png", "c.png", "d.png"):
+        assert name in err
+
+
+def test_task_inpainting_selects_the_official_inpainting_preset(tmp_path, capsys):
+    src = _faces(tmp_path / "in", ["a.png"])
+    assert _run("-i", src, "-o", tmp_path / "o", "--aligned", "--task", "inpainting", "--dry-run") == 0
+    text = capsys.readouterr().out
+    assert "lama_inpainting256" in text and "start_step: 480" in text and "eta: 1.0" in text
+    assert _run("-i", src, "-o", tmp_path / "o", "--task", "inpainting", "--dry-run") == 2
+    assert "--aligned" in capsys.readouterr().err
