@@ -1,0 +1,103 @@
+"""What every metric shares: the error for missing weights, the result type, input checks.
+
+Image convention of this package: a metric sees images the way the benchmark tools of the
+field do, as ``numpy.uint8`` arrays of shape ``(H, W, 3)``, RGB, values ``[0, 255]``.
+Conversions from the code-wide tensor convention happen in ``scripts/evaluate.py``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+class MetricUnavailable(RuntimeError):
+    """A metric cannot be computed here (missing weight file, unsupported option).
+
+    The message says which file is needed and where to put it; a metric never falls back
+    to random or substitute weights silently.
+    """
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One per-image result: the number and a short note (e.g. how the face box was found)."""
+    value: float
+    note: str = ""
+
+
+def check_image(img: np.ndarray, what: str = "image") -> np.ndarray:
+    """Check that ``img`` is a ``(H, W, 3)`` uint8 RGB array; return it unchanged."""
+    if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+        desc = f"{type(img).__name__} {getattr(img, 'dtype', '')} {getattr(img, 'shape', '')}"
+        raise ValueError(f"{what} must be a (H, W, 3) uint8 RGB numpy array, got {desc}")
+    return img
+
+
+def check_pair(restored: np.ndarray, gt: np.ndarray) -> None:
+    """Check both images and that their sizes agree (resize before calling a metric)."""
+    check_image(restored, "restored")
+    check_image(gt, "gt")
+    if restored.shape != gt.shape:
+        raise ValueError(f"restored {restored.shape} and gt {gt.shape} differ in size; "
+                         "resize the restored image to the gt size first")
+
+
+def hub_checkpoint(filename: str) -> Path:
+    """Where torchvision / torch.hub keep ``filename``: ``<torch.hub.get_dir()>/checkpoints/``.
+
+    ``torch.hub.get_dir()`` is ``$TORCH_HOME/hub`` (default ``~/.cache/torch/hub``).
+    """
+    return Path(torch.hub.get_dir()) / "checkpoints" / filename
+
+
+def require_file(path: Path, what: str, source: str) -> Path:
+    """Return ``path`` if it is a file, else raise ``MetricUnavailable`` saying how to get it."""
+    path = Path(path)
+    if not path.is_file():
+        raise MetricUnavailable(
+            f"{what} needs the weight file '{path.name}', not found at {path}. "
+            f"Download it from {source} and put it there (or set TORCH_HOME so that "
+            f"<TORCH_HOME>/hub/checkpoints/{path.name} exists). Nothing is downloaded automatically.")
+    return path
+
+
+def uint8_to_tensor(img: np.ndarray, device: str | torch.device = "cpu") -> torch.Tensor:
+    """``(H, W, 3)`` uint8 RGB -> ``(1, 3, H, W)`` float32 in ``[0, 1]`` on ``device``."""
+    t = torch.from_numpy(np.ascontiguousarray(check_image(img))).permute(2, 0, 1)
+    return t.unsqueeze(0).to(device=device, dtype=torch.float32) / 255.0
+
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files directly inside ``folder``, sorted by name (``datapipe.image_io`` rules)."""
+    try:
+        from datapipe.image_io import list_images as _list
+    except ImportError:  # standalone use of the metrics package
+        exts = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise NotADirectoryError(f"image folder '{folder}' does not exist or is not a folder")
+        return sorted(p for p in folder.iterdir()
+                      if p.is_file() and p.suffix.lower() in exts and not p.name.startswith("."))
+    return _list(folder)
+
+
+def read_rgb_uint8(path: str | Path) -> np.ndarray:
+    """Read an image file as ``(H, W, 3)`` uint8 RGB (8-bit samples exact, 16-bit rounded).
+
+    Uses ``datapipe.image_io`` (the project's one reader: grey, alpha, 16-bit, EXIF, clear
+    errors) when present, else OpenCV.
+    """
+    try:
+        from datapipe.image_io import read_image_uint8_bgr
+    except ImportError:  # standalone use of the metrics package
+        import cv2
+        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise ValueError(f"cannot read image: {path}")
+    else:
+        bgr = read_image_uint8_bgr(path)
+    return np.ascontiguousarray(bgr[:, :, ::-1])
