@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(os.environ.get("DIFFACE_FIXTURES", REPO.parent / "shared" / "fixtures" / "official"))
@@ -26,3 +27,33 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared face data not found: {SHARED_DATA} (set DIFFACE_SHARED_DATA)")
     return SHARED_DATA
+
+
+TINY_SWINIR = dict(img_size=8, patch_size=1, in_chans=3, embed_dim=12, depths=[1], num_heads=[2], window_size=4,
+                   mlp_ratio=2, sf=4, img_range=1.0, upsampler="nearest+conv", resi_connection="1conv",
+                   unshuffle=True, unshuffle_scale=4)
+TINY_UNET = dict(image_size=32, in_channels=3, model_channels=32, out_channels=6, num_res_blocks=1,
+                 attention_resolutions=[16], channel_mult=[1, 1], num_head_channels=32,
+                 use_scale_shift_norm=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg(tmp_path_factory) -> Path:
+    """A user YAML for 32x32 faces with random weights: SwinIR as {'params_ema'}, UNet with module. prefixes."""
+    root = tmp_path_factory.mktemp("tiny_model")
+    torch.manual_seed(0)
+    from models import build_network
+
+    swinir = build_network("swinir", TINY_SWINIR)
+    unet = build_network("unet", TINY_UNET)
+    for p in unet.parameters():  # the zero-initialised layers would make the prior a no-op
+        torch.nn.init.normal_(p, std=0.02)
+    torch.save({"params_ema": swinir.state_dict()}, root / "est.pth")
+    torch.save({f"module.{k}": v for k, v in unet.state_dict().items()}, root / "prior.pth")
+    cfg = {"name": "tiny test model", "image_size": 32,
+           "estimator": {"name": "swinir", "params": TINY_SWINIR, "weights": str(root / "est.pth")},
+           "prior": {"name": "unet", "params": TINY_UNET, "weights": str(root / "prior.pth")},
+           "sampling": {"start_step": 400, "steps": 3}}
+    path = root / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
