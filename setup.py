@@ -21,7 +21,7 @@ setup(
     long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["models", "datapipe", "metrics"],
+    packages=["models", "datapipe", "metrics", "training"],
     py_modules=["inference", "trainer"],
     install_requires=REQUIREMENTS,
     license="Non-commercial research (see README)",

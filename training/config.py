@@ -1,0 +1,162 @@
+"""The typed schema of a training run, merged with YAML and ``key=value`` overrides by OmegaConf.
+
+Unknown keys and wrong types fail in :func:`load_config` with the key's name (OmegaConf);
+:func:`check_config` adds the value checks types cannot express. The resolved config
+(:func:`config_yaml`) is saved next to the outputs and inside every checkpoint.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional
+
+import torch
+from omegaconf import OmegaConf
+
+from datapipe.datasets import DatasetConfig, check_dataset_config
+from models import NETWORKS, NetworkConfig
+from models.diffusion import BETA_SCHEDULES
+
+from .objectives import OBJECTIVES
+from .state import LR_SCHEDULES
+
+
+@dataclass
+class DiffusionConfig:
+    """The forward process of the prior: beta schedule name and number of steps T."""
+
+    schedule: str = "linear"
+    steps: int = 1000
+
+
+@dataclass
+class ObjectiveConfig:
+    """``name``: an :data:`OBJECTIVES` key. ``sample_steps``: DDIM steps of the prior's image grids."""
+
+    name: str = "l1"
+    sample_steps: int = 10
+
+
+@dataclass
+class OptimConfig:
+    """AdamW and its LR schedule: constant or cosine (floor ``eta_min``, period ``t_max`` steps),
+    both after an optional linear warm-up of ``warmup_steps``. ``grad_clip`` 0 = no clipping."""
+
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    t_max: int = 0
+    eta_min: float = 0.0
+    grad_clip: float = 0.0
+
+
+@dataclass
+class DataConfig:
+    """``batch_size`` is global (all ranks); each rank splits its share into ``micro_batch`` chunks."""
+
+    train: DatasetConfig = field(default_factory=DatasetConfig)
+    val: Optional[DatasetConfig] = None
+    batch_size: int = 32
+    micro_batch: int = 8
+    val_batch: int = 16
+    num_workers: int = 4
+
+
+@dataclass
+class LogConfig:
+    """Intervals in steps (0 = never). ``best_metric`` ranks validations for ``best.pt``."""
+
+    log_every: int = 100
+    image_every: int = 2000
+    val_every: int = 10000
+    save_every: int = 10000
+    keep_last: int = 3
+    tensorboard: bool = True
+    num_images: int = 4
+    best_metric: str = "psnr"
+    y_channel: bool = True
+
+
+@dataclass
+class TrainConfig:
+    """A whole training run. ``ema_rate`` 0 = no EMA; ``amp``: none | bf16 | fp16."""
+
+    model: NetworkConfig = field(default_factory=NetworkConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    max_steps: int = 300000
+    ema_rate: float = 0.0
+    amp: str = "none"
+    seed: int = 10000
+    device: str = "auto"
+    out_dir: str = "runs/train"
+
+
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+DEVICES = ("auto", "cpu", "cuda")
+LOWER_IS_BETTER = ("loss", "mse", "vb", "lpips")
+BEST_METRICS = ("psnr", "ssim", *LOWER_IS_BETTER)
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
+    """Schema <- YAML file <- ``key=value`` overrides; unknown keys / wrong types raise here."""
+    merged = OmegaConf.merge(OmegaConf.structured(TrainConfig),
+                             OmegaConf.load(path) if path else {},
+                             OmegaConf.from_dotlist(list(overrides)))
+    cfg = OmegaConf.to_object(merged)
+    check_config(cfg)
+    return cfg
+
+
+def config_yaml(cfg: TrainConfig) -> str:
+    """The resolved config as YAML text (saved next to outputs and in every checkpoint)."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def config_diff(saved_yaml: str, cfg: TrainConfig) -> list[str]:
+    """Dotted keys whose values differ between a saved config (YAML text) and ``cfg``."""
+    def flat(node, prefix: str = "") -> dict:
+        if not isinstance(node, dict):
+            return {prefix[:-1]: node}
+        return {key: value for k, v in node.items() for key, value in flat(v, f"{prefix}{k}.").items()}
+
+    old = flat(OmegaConf.to_container(OmegaConf.create(saved_yaml)))
+    new = flat(OmegaConf.to_container(OmegaConf.structured(cfg)))
+    return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+
+
+def _allowed(key: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"{key}={value!r} is not allowed; choose one of {sorted(allowed)}")
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """Value checks OmegaConf's types cannot express; each error names the key."""
+    _allowed("model.name", cfg.model.name, NETWORKS)
+    _allowed("objective.name", cfg.objective.name, OBJECTIVES)
+    _allowed("optim.schedule", cfg.optim.schedule, LR_SCHEDULES)
+    _allowed("diffusion.schedule", cfg.diffusion.schedule, BETA_SCHEDULES)
+    _allowed("amp", cfg.amp, AMP_DTYPES)
+    _allowed("device", cfg.device, DEVICES)
+    _allowed("log.best_metric", cfg.log.best_metric, BEST_METRICS)
+    check_dataset_config(cfg.data.train, "data.train")
+    if cfg.data.val is not None:
+        check_dataset_config(cfg.data.val, "data.val")
+    if cfg.optim.schedule == "cosine" and cfg.optim.t_max < 1:
+        raise ValueError(f"optim.t_max must be >= 1 for the cosine schedule, got {cfg.optim.t_max}")
+    positive = {"max_steps": cfg.max_steps, "data.batch_size": cfg.data.batch_size,
+                "data.micro_batch": cfg.data.micro_batch, "data.val_batch": cfg.data.val_batch,
+                "optim.lr": cfg.optim.lr, "diffusion.steps": cfg.diffusion.steps}
+    for key, value in positive.items():
+        if value <= 0:
+            raise ValueError(f"{key} must be > 0, got {value}")
+    if not 0.0 <= cfg.ema_rate < 1.0:
+        raise ValueError(f"ema_rate must lie in [0, 1) (0 = no EMA), got {cfg.ema_rate}")
+    if cfg.optim.eta_min > cfg.optim.lr:
+        raise ValueError(f"optim.eta_min={cfg.optim.eta_min} exceeds optim.lr={cfg.optim.lr}")

@@ -1,0 +1,140 @@
+"""Training objectives, chosen by name from :data:`OBJECTIVES` (DESIGN §2, §4.8).
+
+An objective is a callable ``(model, batch, generator) -> {'loss': scalar, ...}`` with
+``inputs`` (the batch keys it needs), ``images(...)`` (rows of the TensorBoard grid) and
+``evaluate(...)`` (per-image validation scores). Batches hold (B, 3, H, W) float32 RGB
+tensors in [0, 1]; randomness (timesteps, noise) comes from the given ``torch.Generator``.
+Inpainting adds one entry (a weighted L1 reading the mask from the batch).
+"""
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Callable, Optional
+
+import numpy as np
+import torch
+
+from datapipe.image_io import tensor_to_uint8
+from models.diffusion import DiffusionSchedule, hybrid_loss, space_timesteps
+from models.samplers import ddim_sample_loop
+
+if TYPE_CHECKING:
+    from .config import TrainConfig
+
+log = logging.getLogger("trainer")
+
+
+class ImageScores:
+    """Per-image PSNR / SSIM (``metrics.pixel``; a plain RGB PSNR if that is missing) and
+    LPIPS-Alex when its backbone weights are on disk (otherwise skipped with one warning)."""
+
+    def __init__(self, y_channel: bool = True):
+        self.y_channel = y_channel
+        self.lpips: Optional[Callable] = None
+        self.lpips_tried = False
+        try:
+            from metrics.pixel import psnr, ssim
+            self.fns = {"psnr": psnr, "ssim": ssim}
+        except ImportError:
+            log.warning("metrics.pixel not importable; validation uses a plain RGB PSNR only")
+            self.fns = {"psnr": lambda a, b, **_: _plain_psnr(a, b)}
+
+    def _lpips(self, device: torch.device) -> Optional[Callable]:
+        if not self.lpips_tried:
+            self.lpips_tried = True
+            try:
+                from metrics.lpips_metric import LpipsMetric
+                self.lpips = LpipsMetric("alex", device)
+            except Exception as err:  # MetricUnavailable, ImportError: skip, say it once
+                log.warning("LPIPS skipped in validation: %s", err)
+        return self.lpips
+
+    def __call__(self, estimate: torch.Tensor, hq: torch.Tensor) -> dict[str, list[float]]:
+        """estimate, hq: (B, 3, H, W) RGB [0, 1]. Returns per-image scores by metric name."""
+        pairs = [(tensor_to_uint8(e), tensor_to_uint8(h)) for e, h in zip(estimate, hq)]
+        scores = {name: [float(fn(a, b, y_channel=self.y_channel)) for a, b in pairs]
+                  for name, fn in self.fns.items()}
+        lpips = self._lpips(estimate.device)
+        if lpips is not None:
+            scores["lpips"] = [float(lpips(a, b)) for a, b in pairs]
+        return scores
+
+
+def _plain_psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else float(10 * np.log10(255.0 ** 2 / mse))
+
+
+class PixelLoss:
+    """Estimator objective: mean |f(y) - x|^p, p = 1 (L1) or 2 (L2); images RGB [0, 1]."""
+
+    inputs = ("lq", "hq")
+
+    def __init__(self, power: int, scores: ImageScores):
+        self.power, self.scores = power, scores
+
+    def __call__(self, model, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        diff = model(batch["lq"]).float() - batch["hq"]
+        return {"loss": diff.abs().mean() if self.power == 1 else diff.square().mean()}
+
+    @torch.no_grad()
+    def images(self, model, batch: dict, generator: torch.Generator) -> list[torch.Tensor]:
+        """Rows of the image grid: LQ / estimate / HQ, each (n, 3, H, W) in [0, 1]."""
+        return [batch["lq"], model(batch["lq"]).float().clamp(0, 1), batch["hq"]]
+
+    @torch.no_grad()
+    def evaluate(self, model, batch: dict, generator: torch.Generator) -> dict[str, list[float]]:
+        return self.scores(model(batch["lq"]).float().clamp(0, 1), batch["hq"])
+
+
+class HybridDiffusionLoss:
+    """Prior objective: x0 = 2 hq - 1, t ~ U{0..T-1}, hybrid eps-MSE + VLB (SPEC §3.2)."""
+
+    inputs = ("hq",)
+
+    def __init__(self, schedule: DiffusionSchedule, sample_steps: int):
+        self.schedule, self.sample_steps = schedule, sample_steps
+
+    def terms(self, model, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Per-sample {'loss', 'mse', 'vb'}, each (B,); t and eps drawn from ``generator``."""
+        x0 = batch["hq"] * 2 - 1
+        index = torch.randint(0, self.schedule.num_steps, (x0.shape[0],), generator=generator,
+                              device=generator.device).to(x0.device)
+        noise = torch.randn(x0.shape, generator=generator, device=generator.device).to(x0.device)
+        return hybrid_loss(model, self.schedule, x0, index, noise)
+
+    def __call__(self, model, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        return {k: v.mean() for k, v in self.terms(model, batch, generator).items()}
+
+    @torch.no_grad()
+    def images(self, model, batch: dict, generator: torch.Generator) -> list[torch.Tensor]:
+        """Rows: prior samples (DDIM from pure noise, ``sample_steps`` steps) / training images."""
+        hq = batch["hq"]
+        x_start = torch.randn(hq.shape, generator=generator, device=generator.device).to(hq.device)
+        spec = f"ddim{min(self.sample_steps, self.schedule.num_steps)}"
+        steps = sorted(space_timesteps(self.schedule.num_steps, spec), reverse=True)
+        sample = ddim_sample_loop(model, x_start, steps, self.schedule, eta=0.0)
+        return [((sample + 1) / 2).clamp(0, 1), hq]
+
+    @torch.no_grad()
+    def evaluate(self, model, batch: dict, generator: torch.Generator) -> dict[str, list[float]]:
+        return {k: v.tolist() for k, v in self.terms(model, batch, generator).items()}
+
+
+def _schedule(cfg: "TrainConfig") -> DiffusionSchedule:
+    return DiffusionSchedule.from_name(cfg.diffusion.schedule, cfg.diffusion.steps)
+
+
+# name -> factory(cfg). Inpainting adds one entry (weighted L1 with the mask from the batch).
+OBJECTIVES: dict[str, Callable[["TrainConfig"], object]] = {
+    "l1": lambda cfg: PixelLoss(1, ImageScores(cfg.log.y_channel)),
+    "l2": lambda cfg: PixelLoss(2, ImageScores(cfg.log.y_channel)),
+    "hybrid": lambda cfg: HybridDiffusionLoss(_schedule(cfg), cfg.objective.sample_steps),
+}
+
+
+def build_objective(cfg: "TrainConfig"):
+    """The objective named ``cfg.objective.name``; an unknown name raises with the allowed names."""
+    if cfg.objective.name not in OBJECTIVES:
+        raise ValueError(f"unknown objective {cfg.objective.name!r}; allowed: {sorted(OBJECTIVES)}")
+    return OBJECTIVES[cfg.objective.name](cfg)

@@ -1,0 +1,200 @@
+"""Training state: LR schedules, EMA, RNG states, checkpoint files, processes.
+
+Everything a checkpoint holds is tensors and plain Python types, so that
+``torch.load(..., weights_only=True)`` reads it back.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+import math
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from models.checkpoint import save_checkpoint
+
+if TYPE_CHECKING:
+    from .config import OptimConfig
+
+log = logging.getLogger("trainer")
+
+# --------------------------------------------------------------------------------------------
+# LR schedules and EMA
+# --------------------------------------------------------------------------------------------
+
+
+class LRFactor:
+    """LR multiplier at a step (for LambdaLR): linear warm-up ``(step+1)/warmup``, then constant
+    or cosine from 1 down to ``eta_min/lr`` over ``t_max`` steps (held after t_max).
+    Plain float attributes only, so the scheduler state loads with ``weights_only=True``."""
+
+    def __init__(self, cfg: "OptimConfig"):
+        self.cosine = cfg.schedule == "cosine"
+        self.warmup, self.t_max = int(cfg.warmup_steps), int(cfg.t_max)
+        self.floor = float(cfg.eta_min) / float(cfg.lr)
+
+    def __call__(self, step: int) -> float:
+        warm = min(1.0, (step + 1) / self.warmup) if self.warmup > 0 else 1.0
+        if not self.cosine:
+            return warm
+        progress = min(step, self.t_max) / self.t_max
+        return warm * (self.floor + (1 - self.floor) * (1 + math.cos(math.pi * progress)) / 2)
+
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+class Ema:
+    """Exponential moving average of a network: ema = rate * ema + (1 - rate) * param, every
+    step, over the whole state dict (integer buffers copied). ``model`` is the averaged copy."""
+
+    def __init__(self, net: torch.nn.Module, rate: float):
+        self.rate = rate
+        self.model = copy.deepcopy(net).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, net: torch.nn.Module) -> None:
+        for ema, new in zip(self.model.state_dict().values(), net.state_dict().values()):
+            if ema.dtype.is_floating_point:
+                ema.lerp_(new.detach(), 1.0 - self.rate)
+            else:
+                ema.copy_(new)
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints: atomic files, last K + best, resume from the latest readable one
+# --------------------------------------------------------------------------------------------
+
+
+def rng_state(device: torch.device) -> dict:
+    """This process's global RNG states as tensors and plain types (``weights_only``-loadable).
+
+    ``cuda`` holds the state of ``device`` only (None on CPU): one rank, one GPU.
+    """
+    version, mt, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"python": (version, list(mt), gauss),
+            "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "cached": float(cached)},
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    """Inverse of :func:`rng_state`."""
+    version, mt, gauss = state["python"]
+    random.setstate((version, tuple(mt), gauss))
+    np_state = state["numpy"]
+    np.random.set_state((np_state["kind"], np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
+                         np_state["has_gauss"], np_state["cached"]))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+class CheckpointStore:
+    """``<folder>/step_<N>.pt`` files (temp file + rename), the newest ``keep_last`` kept
+    (0 = all), plus ``best.pt``. Leftover temp files (``.step_*.tmp``) are never read."""
+
+    def __init__(self, folder: str | Path, keep_last: int):
+        self.folder, self.keep_last = Path(folder), keep_last
+
+    def path(self, step: int) -> Path:
+        return self.folder / f"step_{step:08d}.pt"
+
+    def steps(self) -> list[tuple[int, Path]]:
+        """(step, path) of the step checkpoints on disk, oldest first."""
+        found = []
+        for p in self.folder.glob("step_*.pt"):
+            try:
+                found.append((int(p.stem.split("_")[1]), p))
+            except ValueError:
+                continue
+        return sorted(found)
+
+    def save(self, state: dict, name: str | None = None) -> Path:
+        """Write ``state`` as ``step_<state['step']>.pt`` (or ``name``) atomically; prune old ones."""
+        path = self.folder / name if name else self.path(state["step"])
+        save_checkpoint(state, path)
+        if self.keep_last > 0 and not name:
+            for _, old in self.steps()[:-self.keep_last]:
+                old.unlink(missing_ok=True)
+        return path
+
+    @staticmethod
+    def load(path: str | Path) -> dict:
+        """Read a training checkpoint (``weights_only=True``, on CPU); raise ValueError if bad."""
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise ValueError(f"checkpoint {path} is unreadable (truncated or corrupt?): "
+                             f"{type(err).__name__}: {str(err)[:200]}") from err
+        missing = [k for k in ("step", "model", "optimizer", "scheduler", "config") if k not in state]
+        if missing:
+            raise ValueError(f"checkpoint {path} is not a training checkpoint: it lacks {missing}")
+        return state
+
+    def latest_valid(self) -> Optional[tuple[Path, dict]]:
+        """The newest readable step checkpoint; unreadable newer ones are skipped with a warning."""
+        for _, path in reversed(self.steps()):
+            try:
+                return path, self.load(path)
+            except ValueError as err:
+                log.warning("skipping checkpoint: %s", err)
+        return None
+
+
+# --------------------------------------------------------------------------------------------
+# Processes: torchrun's environment, seeds, weight hashes
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Dist:
+    """Where this process runs: rank, world size, device."""
+
+    rank: int
+    world: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: str) -> Dist:
+    """Read torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK); init DDP when world > 1."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device=cuda was asked for but CUDA is not available")
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(dev)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return Dist(rank, world, dev)
+
+
+def seed_all(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
+def weights_hash(net: torch.nn.Module) -> str:
+    """SHA-256 over the state dict's names and raw bytes (to compare ranks / runs)."""
+    digest = hashlib.sha256()
+    for name, t in net.state_dict().items():
+        digest.update(name.encode())
+        digest.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
