@@ -23,7 +23,8 @@ from .diffusion import DiffusionSchedule
 from .difface import DTYPES, DifFace, known_pixel_correction
 from .samplers import SAMPLERS
 
-PRESET_DIR = Path(__file__).resolve().parents[1] / "configs" / "inference"
+REPO_DIR = Path(__file__).resolve().parents[1]
+PRESET_DIR = REPO_DIR / "configs" / "inference"
 TASKS = ("restoration", "inpainting")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
@@ -168,7 +169,10 @@ def _weights_path(spec: NetworkConfig, weights_dir, download: bool) -> Path:
             warnings.simplefilter("ignore")  # copying into meta tensors is a (wanted) no-op
             load_weights(_network(spec), path)
 
-    return resolve_weights(spec.weights, weights_dir, download=download, verify=verify)
+    # A relative path of a bundled file (e.g. weights/demo/...) also works outside the repository.
+    bundled = REPO_DIR / spec.weights
+    weights = bundled if not Path(spec.weights).expanduser().exists() and bundled.is_file() else spec.weights
+    return resolve_weights(weights, weights_dir, download=download, verify=verify)
 
 
 def _build(spec: NetworkConfig, weights: Path, device: torch.device) -> torch.nn.Module:
