@@ -32,7 +32,7 @@ from models.difface import image_generator, resize, resize_mask
 from models.pipeline import DEVICES, ConfigError, build_difface, load_config, pick_device
 
 MIN_FACE_SIDE = 32  # smaller inputs cannot hold a face worth restoring
-DEFAULT_CFG = "difface_ffhq512"
+DEFAULT_CFG = "demo"  # the bundled model; the paper's: --cfg difface_ffhq512
 INPAINT_CFG = "inpaint_ffhq256"
 
 

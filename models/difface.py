@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 import torch
@@ -189,9 +189,3 @@ def known_pixel_correction(gamma: float = 0.5, num_update: int = 1):
         return correct_x0
 
     return factory
-
-
-def per_sample_generators(seed: int, names: Sequence[str], sample: int = 0,
-                          device: str | torch.device = "cpu") -> list[torch.Generator]:
-    """One generator per image of a batch (see `image_generator`)."""
-    return [image_generator(seed, name, sample, device) for name in names]

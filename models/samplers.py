@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
 
 from .diffusion import DiffusionSchedule
@@ -191,10 +190,3 @@ def ddpm_sample_loop(model: Callable, x_start: torch.Tensor, timesteps: Sequence
 
 
 SAMPLERS = {"ddim": ddim_sample_loop, "ddpm": ddpm_sample_loop}
-
-
-def as_numpy_steps(timesteps: Sequence[int] | np.ndarray | torch.Tensor) -> list[int]:
-    """Timesteps of any container as a plain list of ints."""
-    if isinstance(timesteps, torch.Tensor):
-        timesteps = timesteps.tolist()
-    return [int(t) for t in np.asarray(timesteps).reshape(-1)]

@@ -122,7 +122,8 @@ def test_clear_errors_before_any_model_is_built(tmp_path, capsys, case):
 
 def test_missing_weights_and_bad_config_values(tiny_cfg, tmp_path, capsys):
     src = _faces(tmp_path / "in", ["a.png"])
-    assert _run("-i", src, "-o", tmp_path / "o", "--aligned", "--no-download", "--weights-dir", tmp_path / "w") == 2
+    assert _run("-i", src, "-o", tmp_path / "o", "--aligned", "--no-download", "--weights-dir", tmp_path / "w",
+                "--cfg", "difface_ffhq512") == 2
     err = capsys.readouterr().err
     assert "swinir_restoration512_L1.pth not found" in err and "by hand" in err
     assert _run("-i", src, "-o", tmp_path / "o", "--aligned", "--cfg", tiny_cfg, "--start-step", 1000) == 2
