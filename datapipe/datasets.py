@@ -1,11 +1,13 @@
-"""Training and validation datasets: HQ face folders, on-the-fly degraded pairs, paired folders.
+"""Training and validation datasets: HQ face folders, on-the-fly degraded pairs, paired folders,
+masked images for inpainting.
 
 A sample is a dict of ``(3, H, W)`` float32 RGB tensors in ``[0, 1]`` (``'hq'``, and ``'lq'`` for
-pairs) plus ``'index'`` (or ``'name'`` for paired folders). Diffusion space ``[-1, 1]`` is the
+pairs) plus ``'index'`` (or ``'name'`` for paired folders); the inpainting datasets add
+``'mask'``, ``(1, H, W)`` float32 in {0, 1} with 1 = hole. Diffusion space ``[-1, 1]`` is the
 objective's business, not the data's.
 
-Randomness (flip, degradation) comes from a ``numpy.random.Generator`` made for each sample from
-``(seed, rank, epoch, index)`` (:func:`sample_rng`). The sampler hands the dataset keys
+Randomness (flip, degradation, mask) comes from a ``numpy.random.Generator`` made for each
+sample from ``(seed, rank, epoch, index)`` (:func:`sample_rng`). The sampler hands the dataset keys
 ``(index, epoch)`` (:class:`ResumableSampler`), so a sample is the same whichever DataLoader
 worker loads it and however many workers there are; different indices (hence different workers
 in one epoch), epochs and ranks give independent streams. The worker id itself is deliberately
@@ -18,7 +20,7 @@ image, so one corrupt file in 70k never stops a long run.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import islice
 from pathlib import Path
 from typing import Iterator, Optional
@@ -29,19 +31,44 @@ from torch.utils.data import Dataset, DistributedSampler
 
 from .degradations import BlindDegradation, BlindDegradationConfig
 from .image_io import ImageReadError, hwc_to_tensor, list_images, read_image, tensor_to_hwc
+from .masks import (MASK_GENERATORS, BoxMaskGenerator, IrregularMaskGenerator, MixedMaskGenerator, apply_mask,
+                    detect_black_holes, find_mask, mask_to_tensor, read_mask)
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class MaskConfig:
+    """Masks of the inpainting datasets (1 = hole).
+
+    ``kind``: a :data:`~datapipe.masks.MASK_GENERATORS` name; ``mixed`` (default) draws a kind
+    with probabilities proportional to ``params.weights`` (official: irregular / box /
+    outpainting, 1/3 each), any other name uses ``params.<kind>`` alone. ``params``: every
+    generator's parameters, defaulting to the official LaMa training settings (SPEC §5.4).
+    ``ref_size``: the image side the pixel parameters are meant for (256: FFHQ-256); on other
+    sizes stroke lengths/widths, box sizes and margin are scaled by min(H, W) / ref_size
+    (None = take them as given). Box sizes and margin are then clipped so that a box fits the
+    image; fractions (outpainting, expand, half) are size-free. ``root`` (``inpainting_paired``
+    only): a folder of mask files named like the LQ images (white = hole); None = the holes are
+    the exact-zero pixels of LQ, as officially.
+    """
+
+    kind: str = "mixed"
+    ref_size: Optional[int] = 256
+    params: MixedMaskGenerator = field(default_factory=MixedMaskGenerator)
+    root: Optional[str] = None
 
 
 @dataclass
 class DatasetConfig:
     """One dataset block of a training config; ``name`` picks the class in :data:`DATASETS`.
 
-    hq_images / blind_pairs read ``root`` (a folder, searched recursively if ``recursive``) or
-    ``file_list`` (a text file, one image path per line, relative to the list's folder);
-    paired reads ``lq_root`` and ``hq_root`` and matches files by stem. ``size``: images are
-    resized (shorter side, area resampling when shrinking) and centre-cropped to size x size
-    when they are not already that size; None keeps them as they are.
+    hq_images / blind_pairs / inpainting read ``root`` (a folder, searched recursively if
+    ``recursive``) or ``file_list`` (a text file, one image path per line, relative to the
+    list's folder); paired / inpainting_paired read ``lq_root`` and ``hq_root`` and match files
+    by stem. ``size``: images are resized (shorter side, area resampling when shrinking) and
+    centre-cropped to size x size when they are not already that size; None keeps them as they
+    are. ``mask``: the masks of inpainting / inpainting_paired (:class:`MaskConfig`).
     """
 
     name: str = "blind_pairs"
@@ -54,6 +81,7 @@ class DatasetConfig:
     lq_root: Optional[str] = None
     hq_root: Optional[str] = None
     degradation: BlindDegradationConfig = field(default_factory=BlindDegradationConfig)
+    mask: MaskConfig = field(default_factory=MaskConfig)
 
 
 # --------------------------------------------------------------------------------------------
@@ -220,9 +248,13 @@ class PairedFolders(Dataset):
     def __len__(self) -> int:
         return len(self.names)
 
+    def hq_array(self, name: str) -> np.ndarray:
+        """The HQ image of ``name``: HxWx3 float32 RGB [0, 1], resized/cropped to ``size``."""
+        return resize_square(tensor_to_hwc(read_image(self.hq[name])), self.size)
+
     def __getitem__(self, key) -> dict:
         name = self.names[split_key(key)[0]]
-        hq = resize_square(tensor_to_hwc(read_image(self.hq[name])), self.size)
+        hq = self.hq_array(name)
         lq = tensor_to_hwc(read_image(self.lq[name]))
         if lq.shape != hq.shape:
             lq = np.clip(cv2.resize(lq, hq.shape[1::-1], interpolation=cv2.INTER_CUBIC), 0.0, 1.0)
@@ -250,11 +282,111 @@ class RandomPairs(Dataset):
         return {"lq": hwc_to_tensor(lq), "hq": hwc_to_tensor(hq), "index": index}
 
 
+# --------------------------------------------------------------------------------------------
+# Inpainting: HQ images with random masks (training), masked pairs (validation)
+# --------------------------------------------------------------------------------------------
+
+
+def fit_mask_generator(generator, height: int, width: int, ref_size: Optional[int]):
+    """``generator`` for an H x W image: pixel parameters (stroke length/width, box sizes and
+    margin) scaled by min(H, W) / ``ref_size`` (None or a factor of 1: unchanged), then box sizes
+    and margin clipped so that a box fits; fraction parameters unchanged. At the reference size
+    the official generators come back as they are (a 256 image is roomy enough for their boxes)."""
+    side = min(height, width)
+    factor = 1.0 if ref_size is None else side / ref_size
+
+    def px(value: int, low: int) -> int:
+        return value if factor == 1.0 else max(low, round(value * factor))
+
+    if isinstance(generator, MixedMaskGenerator):
+        return replace(generator, irregular=fit_mask_generator(generator.irregular, height, width, ref_size),
+                       box=fit_mask_generator(generator.box, height, width, ref_size))
+    if isinstance(generator, IrregularMaskGenerator):
+        return replace(generator, max_len=px(generator.max_len, 1), max_width=px(generator.max_width, 1))
+    if isinstance(generator, BoxMaskGenerator):
+        margin = min(px(generator.margin, 0), max(0, (side - 2) // 2))
+        room = side - 2 * margin - 1  # the longest side the generator allows with this margin
+        high = max(1, min(px(generator.bbox_max_size, 1), room))
+        low = min(px(generator.bbox_min_size, 1), high)
+        return replace(generator, margin=margin, bbox_min_size=low, bbox_max_size=high)
+    return generator
+
+
+def mask_generator(cfg: MaskConfig):
+    """The generator ``cfg.kind`` names, with its parameters from ``cfg.params``."""
+    return cfg.params if cfg.kind == "mixed" else getattr(cfg.params, cfg.kind)
+
+
+class InpaintingImages(Dataset):
+    """HQ images with random masks (official ``InpaintingDataSet``, SPEC §5.4):
+    ``{'lq': hq * (1 - mask), 'mask': (1, H, W) {0, 1}, 'hq', 'index'}``; the hole pixels of lq
+    are exactly 0. The mask is drawn from the sample's generator (after the optional flip), with
+    the generator fitted to the image size (:func:`fit_mask_generator`)."""
+
+    def __init__(self, images: HQImages, generator, ref_size: Optional[int] = 256):
+        self.images, self.generator, self.ref_size = images, generator, ref_size
+        self.fitted: dict[tuple[int, int], object] = {}
+
+    @classmethod
+    def from_config(cls, cfg: DatasetConfig, seed: int = 0, rank: int = 0) -> "InpaintingImages":
+        return cls(HQImages.from_config(cfg, seed, rank), mask_generator(cfg.mask), cfg.mask.ref_size)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def draw_mask(self, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+        """HxW float32 {0, 1} mask from ``rng``, by the generator fitted to H x W."""
+        if (height, width) not in self.fitted:
+            self.fitted[height, width] = fit_mask_generator(self.generator, height, width, self.ref_size)
+        return self.fitted[height, width](height, width, rng)
+
+    def __getitem__(self, key) -> dict:
+        rng = self.images.rng(key)
+        index, hq = self.images.hq_array(key, rng)
+        mask = mask_to_tensor(self.draw_mask(hq.shape[0], hq.shape[1], rng))
+        hq = hwc_to_tensor(hq)
+        return {"lq": apply_mask(hq, mask), "mask": mask, "hq": hq, "index": index}
+
+
+class InpaintingPairs(Dataset):
+    """Validation inpainting pairs (official: CelebA-Test lq/hq): masked LQ and HQ folders
+    matched by stem, ``{'lq', 'mask', 'hq', 'name'}``. The mask is where LQ is exactly 0 in all
+    three channels (official) or, given ``mask_root``, the mask file of the LQ image's stem
+    (white = hole; all are looked up here, so a missing one fails before training). The mask is
+    taken at LQ's resolution; if LQ's size differs from HQ's, LQ is resized (bicubic) and the
+    mask (nearest). LQ's hole pixels are then set exactly to 0."""
+
+    def __init__(self, pairs: PairedFolders, mask_root: Optional[str] = None):
+        self.pairs = pairs
+        self.masks = None if mask_root is None else {
+            name: find_mask(pairs.lq[name], mask_root) for name in pairs.names}
+
+    @classmethod
+    def from_config(cls, cfg: DatasetConfig, seed: int = 0, rank: int = 0) -> "InpaintingPairs":
+        return cls(PairedFolders.from_config(cfg, seed, rank), cfg.mask.root)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, key) -> dict:
+        name = self.pairs.names[split_key(key)[0]]
+        hq = self.pairs.hq_array(name)
+        lq = read_image(self.pairs.lq[name])
+        mask = detect_black_holes(lq) if self.masks is None else read_mask(self.masks[name], lq.shape[-2:])
+        if lq.shape[-2:] != hq.shape[:2]:
+            size = (hq.shape[1], hq.shape[0])
+            lq = hwc_to_tensor(np.clip(cv2.resize(tensor_to_hwc(lq), size, interpolation=cv2.INTER_CUBIC), 0, 1))
+            mask = mask_to_tensor(cv2.resize(mask[0].numpy(), size, interpolation=cv2.INTER_NEAREST))
+        return {"lq": apply_mask(lq, mask), "mask": mask, "hq": hwc_to_tensor(hq), "name": name}
+
+
 DATASETS: dict[str, type] = {
     "hq_images": HQImages,
     "blind_pairs": BlindPairs,
     "paired": PairedFolders,
     "random": RandomPairs,
+    "inpainting": InpaintingImages,
+    "inpainting_paired": InpaintingPairs,
 }
 
 
@@ -262,11 +394,16 @@ def check_dataset_config(cfg: DatasetConfig, key: str = "data") -> None:
     """Config-time checks (no file access): the name is known and its required fields are set."""
     if cfg.name not in DATASETS:
         raise ValueError(f"{key}.name={cfg.name!r} is not a dataset; allowed: {sorted(DATASETS)}")
-    if cfg.name in ("hq_images", "blind_pairs") and (cfg.root is None) == (cfg.file_list is None):
+    if cfg.name in ("hq_images", "blind_pairs", "inpainting") and (cfg.root is None) == (cfg.file_list is None):
         raise ValueError(f"dataset {cfg.name!r} needs exactly one of {key}.root ({cfg.root!r}) and "
                          f"{key}.file_list ({cfg.file_list!r})")
-    if cfg.name == "paired" and (cfg.lq_root is None or cfg.hq_root is None):
-        raise ValueError(f"dataset 'paired' needs {key}.lq_root and {key}.hq_root")
+    if cfg.name in ("paired", "inpainting_paired") and (cfg.lq_root is None or cfg.hq_root is None):
+        raise ValueError(f"dataset {cfg.name!r} needs {key}.lq_root and {key}.hq_root")
+    if cfg.mask.kind not in MASK_GENERATORS:
+        raise ValueError(f"{key}.mask.kind={cfg.mask.kind!r} is not a mask generator; "
+                         f"allowed: {sorted(MASK_GENERATORS)}")
+    if cfg.mask.ref_size is not None and cfg.mask.ref_size < 1:
+        raise ValueError(f"{key}.mask.ref_size must be >= 1 or null, got {cfg.mask.ref_size}")
     if cfg.name == "random" and cfg.size is None:
         raise ValueError(f"dataset 'random' needs {key}.size")
     if cfg.size is not None and cfg.size < 1:

@@ -31,10 +31,12 @@ class DiffusionConfig:
 
 @dataclass
 class ObjectiveConfig:
-    """``name``: an :data:`OBJECTIVES` key. ``sample_steps``: DDIM steps of the prior's image grids."""
+    """``name``: an :data:`OBJECTIVES` key. ``sample_steps``: DDIM steps of the prior's image grids.
+    ``hole_weight``: weight of the hole pixels in ``weighted_l1`` (1 outside; official 10)."""
 
     name: str = "l1"
     sample_steps: int = 10
+    hole_weight: float = 10.0
 
 
 @dataclass
@@ -152,7 +154,8 @@ def check_config(cfg: TrainConfig) -> None:
         raise ValueError(f"optim.t_max must be >= 1 for the cosine schedule, got {cfg.optim.t_max}")
     positive = {"max_steps": cfg.max_steps, "data.batch_size": cfg.data.batch_size,
                 "data.micro_batch": cfg.data.micro_batch, "data.val_batch": cfg.data.val_batch,
-                "optim.lr": cfg.optim.lr, "diffusion.steps": cfg.diffusion.steps}
+                "optim.lr": cfg.optim.lr, "diffusion.steps": cfg.diffusion.steps,
+                "objective.hole_weight": cfg.objective.hole_weight}
     for key, value in positive.items():
         if value <= 0:
             raise ValueError(f"{key} must be > 0, got {value}")

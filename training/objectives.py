@@ -4,7 +4,8 @@ An objective is a callable ``(model, batch, generator) -> {'loss': scalar, ...}`
 ``inputs`` (the batch keys it needs), ``images(...)`` (rows of the TensorBoard grid) and
 ``evaluate(...)`` (per-image validation scores). Batches hold (B, 3, H, W) float32 RGB
 tensors in [0, 1]; randomness (timesteps, noise) comes from the given ``torch.Generator``.
-Inpainting adds one entry (a weighted L1 reading the mask from the batch).
+Inpainting adds one entry, ``weighted_l1``: the LaMa estimator sees concat(lq, mask) and the
+L1 is weighted by the mask from the batch (``(B, 1, H, W)`` float32 in {0, 1}, 1 = hole).
 """
 from __future__ import annotations
 
@@ -65,26 +66,78 @@ def _plain_psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if mse == 0 else float(10 * np.log10(255.0 ** 2 / mse))
 
 
+def lq_input(batch: dict) -> torch.Tensor:
+    """The restoration estimator's input: lq, (B, 3, H, W) RGB [0, 1]."""
+    return batch["lq"]
+
+
+def masked_input(batch: dict) -> torch.Tensor:
+    """The inpainting estimator's input (LaMa, SPEC §5.2): concat(lq with zeros in the hole,
+    mask), (B, 4, H, W); lq RGB [0, 1], mask {0, 1} with 1 = hole."""
+    return torch.cat([batch["lq"], batch["mask"].to(batch["lq"].dtype)], dim=1)
+
+
 class PixelLoss:
-    """Estimator objective: mean |f(y) - x|^p, p = 1 (L1) or 2 (L2); images RGB [0, 1]."""
+    """Estimator objective: mean |f(y) - x|^p, p = 1 (L1) or 2 (L2); images RGB [0, 1].
+    ``model_input`` makes the network's input from the batch (default: lq)."""
 
     inputs = ("lq", "hq")
 
-    def __init__(self, power: int, scores: ImageScores):
-        self.power, self.scores = power, scores
+    def __init__(self, power: int, scores: ImageScores, model_input: Callable[[dict], torch.Tensor] = lq_input):
+        self.power, self.scores, self.model_input = power, scores, model_input
+
+    def estimate(self, model, batch: dict) -> torch.Tensor:
+        """f(input): (B, 3, H, W) float32, not clamped."""
+        return model(self.model_input(batch)).float()
 
     def __call__(self, model, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        diff = model(batch["lq"]).float() - batch["hq"]
+        diff = self.estimate(model, batch) - batch["hq"]
         return {"loss": diff.abs().mean() if self.power == 1 else diff.square().mean()}
 
     @torch.no_grad()
     def images(self, model, batch: dict, generator: torch.Generator) -> list[torch.Tensor]:
         """Rows of the image grid: LQ / estimate / HQ, each (n, 3, H, W) in [0, 1]."""
-        return [batch["lq"], model(batch["lq"]).float().clamp(0, 1), batch["hq"]]
+        return [batch["lq"], self.estimate(model, batch).clamp(0, 1), batch["hq"]]
 
     @torch.no_grad()
     def evaluate(self, model, batch: dict, generator: torch.Generator) -> dict[str, list[float]]:
-        return self.scores(model(batch["lq"]).float().clamp(0, 1), batch["hq"])
+        return self.scores(self.estimate(model, batch).clamp(0, 1), batch["hq"])
+
+
+def weighted_l1(estimate: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+                hole_weight: float) -> torch.Tensor:
+    """sum(w |estimate - target|) / sum(w), w = hole_weight in the hole and 1 outside (SPEC §5.4),
+    summed over every element: the per-pixel weight counts once per channel, so hole_weight 1
+    gives the plain mean L1.
+
+    Args:
+        estimate, target: (B, 3, H, W) float.
+        mask: (B, 1, H, W) float in {0, 1}, 1 = hole.
+    """
+    weight = (1 + (hole_weight - 1) * mask.to(estimate.dtype)).expand_as(estimate)
+    return (weight * (estimate - target).abs()).sum() / weight.sum()
+
+
+class WeightedL1:
+    """Inpainting estimator objective (official ``TrainerInpainting``, SPEC §5.4): the network
+    sees concat(lq, mask) and the loss is :func:`weighted_l1`. Image grids (LQ / estimate / HQ)
+    and validation scores are the l1 objective's, on the same input."""
+
+    inputs = ("lq", "mask", "hq")
+
+    def __init__(self, hole_weight: float, scores: ImageScores):
+        self.hole_weight = hole_weight
+        self.pixel = PixelLoss(1, scores, masked_input)
+
+    def __call__(self, model, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        estimate = self.pixel.estimate(model, batch)
+        return {"loss": weighted_l1(estimate, batch["hq"], batch["mask"], self.hole_weight)}
+
+    def images(self, model, batch: dict, generator: torch.Generator) -> list[torch.Tensor]:
+        return self.pixel.images(model, batch, generator)
+
+    def evaluate(self, model, batch: dict, generator: torch.Generator) -> dict[str, list[float]]:
+        return self.pixel.evaluate(model, batch, generator)
 
 
 class HybridDiffusionLoss:
@@ -125,11 +178,12 @@ def _schedule(cfg: "TrainConfig") -> DiffusionSchedule:
     return DiffusionSchedule.from_name(cfg.diffusion.schedule, cfg.diffusion.steps)
 
 
-# name -> factory(cfg). Inpainting adds one entry (weighted L1 with the mask from the batch).
+# name -> factory(cfg).
 OBJECTIVES: dict[str, Callable[["TrainConfig"], object]] = {
     "l1": lambda cfg: PixelLoss(1, ImageScores(cfg.log.y_channel)),
     "l2": lambda cfg: PixelLoss(2, ImageScores(cfg.log.y_channel)),
     "hybrid": lambda cfg: HybridDiffusionLoss(_schedule(cfg), cfg.objective.sample_steps),
+    "weighted_l1": lambda cfg: WeightedL1(cfg.objective.hole_weight, ImageScores(cfg.log.y_channel)),
 }
 
 
