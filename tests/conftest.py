@@ -15,6 +15,16 @@ torch.backends.cuda.matmul.allow_tf32 = False
 torch.backends.cudnn.allow_tf32 = False
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for training tests: on 2 shared cores, two spinning OpenMP threads
+    per process run several times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     if not FIXTURES.is_dir():

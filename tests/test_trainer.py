@@ -20,13 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "train"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on 2 shared cores, 2 spinning OpenMP threads per process run 5x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
