@@ -1,0 +1,699 @@
+#!/usr/bin/env python
+"""Reproduce DifFace's claims at small scale on a held-out split (default: the bundled 64x64 demo model).
+
+    python scripts/reproduce_small.py --heldout data/utk64/val --out results/small
+
+Each held-out face is degraded once by the blind training degradation (ranges from the
+estimator's training config, `data.train.degradation`; seeded by (seed, file name), no flip,
+no greyscale) and saved to OUT/lq; then:
+
+  1  trade-off   the LQ input, the estimator alone (N = 0) and DifFace at each start step N
+                 of --n-values: PSNR / SSIM (fidelity, mean over images) and FID (realism,
+                 restored set vs the HQ held-out set). N > 0 uses the config's own sampling:
+                 its grid points below N (or its sampling.steps).
+  2  robustness  an estimator trained on mild degradations only (--mild-estimator) and the
+                 config's estimator, tested on SEVERE degradations (OUT/lq_severe), alone and
+                 followed by DifFace at the config's start step.
+  3  diversity   pixel spread (mean over pixels of the per-pixel std across K samples of one
+                 input, in [0, 255]) of DifFace at the config's start step vs the estimator.
+  4  steps       DifFace at the config's start step with 100 / 50 / 20 / 10 DDIM steps
+                 (sampling.steps): PSNR / SSIM / FID and seconds per image.
+
+Outputs in OUT: results.md, results.json (every number, per-image PSNR/SSIM too),
+tradeoff.png, steps.png, grid.png (rows LQ / estimator / DifFace / HQ, x2 nearest),
+diversity.png, lq/ and lq_severe/ (the fixed LQ sets and their drawn parameters).
+FID on ~100 images is biased upward; compare it only within one table of one run.
+The networks are loaded once; every row is the method's own code path (DifFace.restore /
+DifFace.estimate) with one generator per (seed, image, sample). Cost of the defaults: ~94,000
+prior evaluations (faces x steps), about 45-60 min for the 64 px demo model on one CPU thread.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import json
+import math
+import os
+import platform
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from datapipe.degradations import BlindDegradation, BlindDegradationConfig  # noqa: E402
+from datapipe.image_io import (ImageReadError, hwc_to_tensor, list_images, read_image, tensor_to_hwc,  # noqa: E402
+                               tensor_to_uint8, write_image)
+from models import build_network  # noqa: E402
+from models.checkpoint import WeightsError, load_weights, resolve_weights  # noqa: E402
+from models.difface import DifFace, image_generator, resize, sampling_timesteps  # noqa: E402
+from models.pipeline import DEVICES, ConfigError, build_difface, load_config, pick_device  # noqa: E402
+
+PARTS = {1: "trade-off", 2: "robustness", 3: "diversity", 4: "steps"}
+DEFAULT_MILD = "weights/demo/estimator_mild.safetensors"
+# Harsher than the demo estimator's training ranges (sigma <= 2, scale <= 8, noise <= 20,
+# JPEG >= 30 at 64 px), far beyond the mild estimator's (sigma <= 0.6, scale <= 2, noise <= 5).
+DEFAULT_SEVERE = dict(blur_kernel_size=13, blur_sigma=[1.0, 2.5], downsample_range=[4.0, 10.0],
+                      noise_range=[10.0, 25.0], jpeg_range=[20.0, 60.0])
+NOTES = [
+    "N = 0 is the estimator alone: x0_hat = f(y).clamp(0, 1) (DifFace.estimate), no noise and no "
+    "diffusion step; it is the 'estimator' row of every table.",
+    "FID: TF-Inception pool3 features of the restored set vs the HQ held-out set. With ~100 images "
+    "(far fewer than the 2048 feature dimensions) FID is strongly biased upward; its values are only "
+    "comparable within one table of this run, never with the paper's numbers.",
+    "PSNR / SSIM: RGB, 8-bit, no border crop, mean over images (SSIM: Gaussian 11x11, sigma 1.5).",
+    "Pixel spread: for one input, the sample std (ddof = 1) over K restorations of every pixel and "
+    "channel of the 8-bit outputs, averaged over pixels, then over inputs.",
+    "Every setting restores an image from the same generator (seed, file name, sample 0), so rows differ "
+    "only by the setting, not by the noise drawn.",
+    "Seconds per image: wall time of a whole set (batched, after one warm-up call) / number of images.",
+    "LQ sets: one draw per image from a numpy generator seeded by (seed, file name, set), without the "
+    "horizontal flip and greyscale of training (so the ground truth is the held-out image itself).",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# Data: held-out faces and their fixed degraded copies
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class Faces:
+    """Held-out faces at the model size: keys (file names), hq (B, 3, S, S) RGB [0, 1] on 8-bit levels."""
+    keys: list[str]
+    hq: torch.Tensor
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def stems(self) -> list[str]:
+        return [Path(k).stem for k in self.keys]
+
+
+def pick(files: list[Path], count: int | None, how: str) -> list[Path]:
+    """`count` files: the first ones in sorted order, or evenly `spread` over the sorted list."""
+    if not count or count >= len(files):
+        return files
+    if how == "first":
+        return files[:count]
+    return [files[i] for i in np.unique(np.round(np.linspace(0, len(files) - 1, count)).astype(int))]
+
+
+def load_heldout(folder: Path, size: int, max_images: int | None, select: str = "spread") -> Faces:
+    """`max_images` readable images of `folder` (see `pick`), resized to `size` if needed."""
+    keys, images, skipped = [], [], []
+    for path in pick(list_images(folder), max_images, select):
+        try:
+            img = read_image(path)
+        except ImageReadError as e:
+            print(f"warning: skipped {e}", file=sys.stderr)
+            skipped.append(path.name)
+            continue
+        if tuple(img.shape[-2:]) != (size, size):  # bicubic as the method's own resize, then 8-bit
+            img = resize(img[None], (size, size))[0].clamp(0, 1)
+        keys.append(path.name)
+        images.append(torch.round(img * 255) / 255)
+    stems = [Path(k).stem for k in keys]
+    if len(set(stems)) != len(stems):
+        raise ValueError(f"held-out files in {folder} share a name stem; rename them")
+    if len(keys) < 2:
+        raise ValueError(f"{folder} holds {len(keys)} readable images; FID needs at least 2")
+    return Faces(keys, torch.stack(images), skipped)
+
+
+def degradation_config(source: str | None, default: dict | None = None) -> BlindDegradationConfig:
+    """Ranges from a training config's data.train.degradation (or a YAML of the bare block).
+
+    Flip and greyscale are switched off: the ground truth must stay the held-out image.
+    """
+    from omegaconf import OmegaConf
+    if source is None:
+        block = dict(default)
+    else:
+        path = Path(source)
+        cfg = OmegaConf.load(path if path.is_file() or path.is_absolute() else REPO / path)
+        node = OmegaConf.select(cfg, "data.train.degradation")
+        block = OmegaConf.to_container(node if node is not None else cfg, resolve=True)
+    block.update(use_hflip=False, gray_prob=0.0)
+    try:
+        return BlindDegradationConfig(**block)
+    except TypeError as e:
+        raise ValueError(f"degradation block of {source}: {e}") from None
+
+
+def numpy_rng(seed: int, key: str, tag: str) -> np.random.Generator:
+    digest = hashlib.sha256(f"{seed}\x00{key}\x00{tag}".encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
+def degrade(faces: Faces, config: BlindDegradationConfig, seed: int, tag: str, out_dir: Path) -> torch.Tensor:
+    """One seeded degradation per face, written to out_dir/<stem>.png (+ params.json); (B,3,S,S)."""
+    degradation, lq, params = BlindDegradation(config), [], {}
+    for key, stem, hq in zip(faces.keys, faces.stems, faces.hq):
+        y, gt, drawn = degradation(tensor_to_hwc(hq), numpy_rng(seed, key, tag))
+        assert np.array_equal(gt, tensor_to_hwc(hq)), "flip/greyscale must be off"
+        lq.append(hwc_to_tensor(y))
+        params[key] = drawn
+        write_image(out_dir / f"{stem}.png", lq[-1])
+    (out_dir / "params.json").write_text(json.dumps({"ranges": asdict(config), "images": params}, indent=1))
+    return torch.stack(lq)
+
+
+def to_uint8(batch: torch.Tensor) -> list[np.ndarray]:
+    return [tensor_to_uint8(img) for img in batch.cpu()]
+
+
+# --------------------------------------------------------------------------------------------
+# Restoration: networks loaded once, one DifFace per setting
+# --------------------------------------------------------------------------------------------
+
+class Runner:
+    """Builds the config's networks once and runs the method on image sets in batches."""
+
+    def __init__(self, cfg, device: torch.device, batch_size: int, seed: int, weights_dir, download: bool):
+        self.cfg, self.device, self.batch_size, self.seed = cfg, device, batch_size, seed
+        self.base = build_difface(cfg, device, weights_dir, download)
+
+    def method(self, start_step: int, steps: int | None = None, estimator=None) -> DifFace:
+        """A DifFace sharing the loaded prior (and estimator unless given); the config's sampling."""
+        s = self.cfg.sampling
+        return DifFace(self.base.estimator if estimator is None else estimator, self.base.prior, self.base.schedule,
+                       image_size=self.cfg.image_size, start_step=start_step, grid=s.grid,
+                       steps=s.steps if steps is None else steps, official_start=s.official_start,
+                       eta=s.eta, sampler=s.sampler, dtype=self.cfg.dtype)
+
+    def _batches(self, n: int, desc: str):
+        from tqdm import tqdm
+        return tqdm(range(0, n, self.batch_size), desc=desc, unit="batch", file=sys.stderr, leave=False)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def restore(self, method: DifFace, lq: torch.Tensor, keys: list[str], desc: str,
+                samples: list[int] | None = None):
+        """(samples, estimates) as lists of (S, S, 3) uint8 RGB, and seconds per image."""
+        samples = samples or [0] * len(keys)
+        out, est = [], []
+        self._sync()
+        start = time.perf_counter()
+        for i in self._batches(len(keys), desc):
+            j = slice(i, i + self.batch_size)
+            gens = [image_generator(self.seed, k, s) for k, s in zip(keys[j], samples[j])]
+            result = method.restore(lq[j].to(self.device), generator=gens)
+            out += to_uint8(result.sample)
+            est += to_uint8(result.estimate)
+        self._sync()
+        return out, est, (time.perf_counter() - start) / len(keys)
+
+    def estimate(self, method: DifFace, lq: torch.Tensor, desc: str):
+        """The estimator alone (N = 0): list of (S, S, 3) uint8 RGB, seconds per image."""
+        out = []
+        self._sync()
+        start = time.perf_counter()
+        for i in self._batches(len(lq), desc):
+            out += to_uint8(method.estimate(lq[i:i + self.batch_size].to(self.device)))
+        self._sync()
+        return out, (time.perf_counter() - start) / len(lq)
+
+
+def build_estimator(cfg, weights: str, device: torch.device, weights_dir) -> torch.nn.Module:
+    """The config's estimator network with other weights (the mild estimator)."""
+    from omegaconf import OmegaConf
+    net = build_network(cfg.estimator.name, OmegaConf.to_container(cfg.estimator.params, resolve=True))
+    load_weights(net, resolve_weights(weights, weights_dir, download=False))
+    return net.requires_grad_(False).eval().to(device)
+
+
+# --------------------------------------------------------------------------------------------
+# Scores
+# --------------------------------------------------------------------------------------------
+
+class Scorer:
+    """PSNR / SSIM against the HQ faces (per image) and FID against the HQ set."""
+
+    def __init__(self, hq: list[np.ndarray], device: torch.device, backbone: str):
+        from metrics import build_metric
+        from metrics.fid import FidMetric
+        self.hq = hq
+        self.psnr, self.ssim = build_metric("psnr"), build_metric("ssim")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            self.fid = FidMetric(device=str(device), backbone=backbone, method="fast")
+        self.reference = self.fid.stats(hq)
+
+    def __call__(self, label: str, images: list[np.ndarray], **info) -> dict:
+        psnr = [self.psnr.measure(a, b).value for a, b in zip(images, self.hq)]
+        ssim = [self.ssim.measure(a, b).value for a, b in zip(images, self.hq)]
+        fid = self.fid.distance(self.fid.stats(images), self.reference)
+        row = {"label": label, **info, "psnr": float(np.mean(psnr)), "ssim": float(np.mean(ssim)), "fid": fid,
+               "psnr_std": float(np.std(psnr)), "ssim_std": float(np.std(ssim)),
+               "per_image": {"psnr": psnr, "ssim": ssim}}
+        print(f"  {label}: PSNR {row['psnr']:.2f}  SSIM {row['ssim']:.4f}  FID {fid:.2f}", file=sys.stderr)
+        return row
+
+
+# --------------------------------------------------------------------------------------------
+# The four experiments
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class Context:
+    args: argparse.Namespace
+    runner: Runner
+    faces: Faces
+    lq: torch.Tensor
+    score: Scorer
+    start_step: int
+    mild: torch.nn.Module | None = None
+    cache: dict = field(default_factory=dict)
+
+    def restore(self, method: DifFace, lq: torch.Tensor, desc: str):
+        return self.runner.restore(method, lq, self.faces.keys, desc)
+
+
+def part_tradeoff(ctx: Context) -> dict:
+    rows = [ctx.score("degraded input (LQ)", to_uint8(ctx.lq), N=None, evaluations=0, seconds_per_image=None)]
+    base = ctx.runner.base
+    est, sec = ctx.runner.estimate(base, ctx.lq, "estimator")
+    ctx.cache["estimate"] = est
+    rows.append(ctx.score("estimator f(y) (N = 0)", est, N=0, evaluations=0, seconds_per_image=sec))
+    for n in [n for n in ctx.args.n_values if n > 0]:
+        method = ctx.runner.method(n)
+        out, _, sec = ctx.restore(method, ctx.lq, f"DifFace N={n}")
+        ctx.cache[("difface", n)] = out
+        rows.append(ctx.score(f"DifFace N = {n}", out, N=n, evaluations=len(method.timesteps),
+                              seconds_per_image=sec))
+    return {"rows": rows}
+
+
+def part_robustness(ctx: Context) -> dict:
+    severe = degradation_config(ctx.args.severe_from, DEFAULT_SEVERE)
+    lq = degrade(ctx.faces, severe, ctx.args.seed, "severe", ctx.args.out / "lq_severe")
+    rows = [ctx.score("severe degraded input (LQ)", to_uint8(lq), estimator=None, N=None)]
+    estimators = [("mild", ctx.mild)] if ctx.mild is not None else []
+    estimators.append(("config", ctx.runner.base.estimator))
+    for name, net in estimators:
+        method = ctx.runner.method(ctx.start_step, estimator=net)
+        out, est, sec = ctx.restore(method, lq, f"{name} estimator + DifFace")
+        rows.append(ctx.score(f"{name} estimator alone", est, estimator=name, N=0))
+        rows.append(ctx.score(f"{name} estimator + DifFace N = {ctx.start_step}", out, estimator=name,
+                              N=ctx.start_step, seconds_per_image=sec))
+    return {"degradation": asdict(severe), "rows": rows}
+
+
+def pixel_spread(images: list[np.ndarray]) -> float:
+    """Mean over pixels and channels of the std (ddof 1) across the images, in [0, 255]."""
+    return float(np.stack(images).astype(np.float64).std(axis=0, ddof=1).mean())
+
+
+def part_diversity(ctx: Context) -> dict:
+    k_samples, count = ctx.args.diversity_samples, min(ctx.args.diversity_images, len(ctx.faces.keys))
+    pairs = [(i, k) for i in range(count) for k in range(k_samples)]
+    index = [i for i, _ in pairs]
+    method = ctx.runner.method(ctx.start_step)
+    out, est, _ = ctx.runner.restore(method, ctx.lq[index], [ctx.faces.keys[i] for i in index], "diversity",
+                                     samples=[k for _, k in pairs])
+    per_image = []
+    for i in range(count):
+        chunk = slice(i * k_samples, (i + 1) * k_samples)
+        per_image.append({"image": ctx.faces.keys[i], "difface": pixel_spread(out[chunk]),
+                          "estimator": pixel_spread(est[chunk])})
+        ctx.cache.setdefault("diversity", []).append((out[chunk], est[chunk][0]))
+    result = {"N": ctx.start_step, "samples": k_samples, "images": count,
+              "difface": float(np.mean([p["difface"] for p in per_image])),
+              "estimator": float(np.mean([p["estimator"] for p in per_image])), "per_image": per_image}
+    print(f"  pixel spread: DifFace {result['difface']:.3f}, estimator {result['estimator']:.3f}", file=sys.stderr)
+    return result
+
+
+def part_steps(ctx: Context) -> dict:
+    rows = []
+    for steps in ctx.args.steps_values:
+        method = ctx.runner.method(ctx.start_step, steps=steps)
+        out, _, sec = ctx.restore(method, ctx.lq, f"{steps} steps")
+        rows.append(ctx.score(f"{steps} steps", out, steps=steps, evaluations=len(method.timesteps),
+                              N=ctx.start_step, seconds_per_image=sec))
+    return {"N": ctx.start_step, "rows": rows}
+
+
+PART_FUNCS = {1: ("tradeoff", part_tradeoff), 2: ("robustness", part_robustness),
+              3: ("diversity", part_diversity), 4: ("steps", part_steps)}
+
+
+# --------------------------------------------------------------------------------------------
+# Figures
+# --------------------------------------------------------------------------------------------
+
+def image_rows(rows: list[tuple[str, list[np.ndarray]]], scale: int = 2, label_width: int = 150) -> np.ndarray:
+    """A labelled grid: one row per (label, images), each image upscaled by `scale` (nearest)."""
+    import cv2
+    lines = []
+    for label, images in rows:
+        strip = np.concatenate([im.repeat(scale, 0).repeat(scale, 1) for im in images], 1)
+        tag = np.full((strip.shape[0], label_width, 3), 255, np.uint8)
+        for j, word in enumerate(label.split("\n")):
+            cv2.putText(tag, word, (4, 16 + 16 * j), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 0), 1, cv2.LINE_AA)
+        lines.append(np.concatenate([tag, strip], 1))
+    width = max(line.shape[1] for line in lines)
+    return np.concatenate([np.pad(line, ((0, 0), (0, width - line.shape[1]), (0, 0)), constant_values=255)
+                           for line in lines], 0)
+
+
+def write_grid(ctx: Context) -> str:
+    """grid.png: LQ / estimator / DifFace at the config's N / HQ for faces spread over the set."""
+    n = len(ctx.faces.keys)
+    index = list(np.unique(np.round(np.linspace(0, n - 1, min(ctx.args.grid_images, n))).astype(int)))
+    lq = ctx.lq[index]
+    difface = ctx.cache.get(("difface", ctx.start_step))
+    if difface is None:
+        difface, est, _ = ctx.runner.restore(ctx.runner.method(ctx.start_step), lq,
+                                             [ctx.faces.keys[i] for i in index], "grid")
+    else:
+        difface, est = [difface[i] for i in index], [ctx.cache["estimate"][i] for i in index]
+    rows = [("LQ", to_uint8(lq)), ("estimator\n(N = 0)", est), (f"DifFace\nN = {ctx.start_step}", difface),
+            ("HQ", [ctx.score.hq[i] for i in index])]
+    write_image(ctx.args.out / "grid.png", image_rows(rows))
+    return "grid.png"
+
+
+def write_diversity_figure(ctx: Context) -> str:
+    """diversity.png: per input, LQ, the estimate, the K samples and their per-pixel std (x4, grey)."""
+    rows = []
+    for i, (samples, est) in enumerate(ctx.cache["diversity"]):
+        std = np.stack(samples).astype(np.float64).std(axis=0, ddof=1).mean(axis=2)
+        std_img = np.repeat(np.clip(std * 4, 0, 255).astype(np.uint8)[:, :, None], 3, axis=2)
+        rows.append((f"{i}: {ctx.faces.stems[i][:15]}\nLQ | estimator |\nsamples | std x4",
+                     [tensor_to_uint8(ctx.lq[i]), est, *samples, std_img]))
+    write_image(ctx.args.out / "diversity.png", image_rows(rows))
+    return "diversity.png"
+
+
+def plot_panels(out: Path, name: str, rows: list[dict], x: str, xlabel: str, panels, baseline: dict | None = None,
+                log_x: bool = False) -> str:
+    """One PNG of metric panels against `x`; `panels` = [(row key, title)], `baseline` a dashed line."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    xs = [r[x] for r in rows]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.6))
+    for ax, (key, title) in zip(axes, panels):
+        ax.plot(xs, [r[key] for r in rows], "o-", label="estimator (N = 0) / DifFace" if baseline else None)
+        if baseline:
+            ax.axhline(baseline[key], color="grey", ls="--", label="LQ input")
+        if log_x:
+            ax.set_xscale("log")
+            ax.set_xticks(xs, [str(v) for v in xs])
+        ax.set(xlabel=xlabel, title=title)
+        ax.grid(alpha=0.3)
+    if baseline:
+        axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / name, dpi=120)
+    plt.close(fig)
+    return name
+
+
+def plot_tradeoff(result: dict, out: Path) -> str:
+    lq, *rows = result["rows"]
+    return plot_panels(out, "tradeoff.png", rows, "N", "start step N",
+                       [("psnr", "PSNR (dB) ↑"), ("ssim", "SSIM ↑"), ("fid", "FID ↓ (small set: biased)")], lq)
+
+
+def plot_steps(result: dict, out: Path) -> str:
+    return plot_panels(out, "steps.png", result["rows"], "steps", f"DDIM steps (N = {result['N']})",
+                       [("psnr", "PSNR (dB) ↑"), ("fid", "FID ↓"), ("seconds_per_image", "seconds / image")],
+                       log_x=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Reports
+# --------------------------------------------------------------------------------------------
+
+def machine(device: torch.device) -> dict:
+    cpu = platform.processor()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+            "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": str(device)}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def weight_file(path) -> dict:
+    path = Path(path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    return {"path": str(path), "sha256_16": digest, "bytes": path.stat().st_size}
+
+
+def describe(d: dict) -> str:
+    """Degradation ranges in words."""
+    text = (f"blur sigma {d['blur_sigma']} ({'/'.join(d['kernel_list'])} Gaussian, {d['blur_kernel_size']}x"
+            f"{d['blur_kernel_size']}), downsampling x{d['downsample_range']} (bilinear)")
+    text += f", noise sigma {d['noise_range']}/255" if d["noise_range"] else ", no noise"
+    return text + (f", JPEG quality {d['jpeg_range']}" if d["jpeg_range"] else ", no JPEG")
+
+
+def fmt(value, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "n/a"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def table(header: list[str], rows: list[list]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + \
+           ["| " + " | ".join(map(str, r)) + " |" for r in rows]
+
+
+def metric_cells(r: dict) -> list[str]:
+    return [fmt(r["psnr"]), fmt(r["ssim"], 4), fmt(r["fid"]), fmt(r.get("seconds_per_image"), 3)]
+
+
+def markdown(report: dict) -> str:
+    m, s = report["meta"], report["meta"]["settings"]
+    sampling, mach = s["sampling"], m["machine"]
+    mild = m["model"].get("mild_estimator")
+    lines = [f"# DifFace at small scale: {m['model']['name']}", "",
+             f"- date: {m['date']}",
+             f"- machine: {mach['cpu']} ({mach['cpu_count']} CPUs, {mach['torch_threads']} torch threads), "
+             f"device {mach['device']}{' ' + mach['gpu'] if 'gpu' in mach else ''}; "
+             f"torch {mach['torch']}, Python {mach['python']}, {mach['platform']}",
+             f"- model: `{m['model']['config']}` (image size {m['model']['image_size']}); estimator "
+             f"`{m['model']['estimator']['path']}`, prior `{m['model']['prior']['path']}`"
+             + (f", mild estimator `{mild['path']}`" if mild else ""),
+             f"- held-out: `{s['heldout']}`, {s['images']} images ({s['select']} over the sorted files) at "
+             f"{m['model']['image_size']} px"
+             + (f" ({len(s['skipped'])} unreadable files skipped)" if s["skipped"] else ""),
+             f"- degradation: ranges from `{s['degradation_from']}`: {describe(s['degradation'])}",
+             f"- sampling: start step N = {sampling['start_step']} of {s['diffusion_steps']}, grid {sampling['grid']}, "
+             f"steps {sampling['steps']}, eta {sampling['eta']}, sampler {sampling['sampler']}, official start "
+             f"{sampling['official_start']}; seed {s['seed']}, batch size {s['batch_size']}, dtype {s['dtype']}",
+             f"- FID backbone: {s['fid_backbone']}",
+             f"- command: `{s['command']}`", ""]
+    if "tradeoff" in report:
+        rows = [[r["label"], fmt(r["N"]), r["evaluations"], *metric_cells(r)] for r in report["tradeoff"]["rows"]]
+        lines += ["## 1. Fidelity vs realism: the start step N", "",
+                  *table(["method", "N", "network evals", "PSNR ↑", "SSIM ↑", "FID ↓", "s / image"], rows), "",
+                  "![trade-off](tradeoff.png)", ""]
+    if "robustness" in report:
+        rows = [[r["label"], *metric_cells(r)] for r in report["robustness"]["rows"]]
+        lines += ["## 2. Robustness: estimators on severe degradations", "",
+                  f"Severe ranges (`{s['severe_from']}`): {describe(report['robustness']['degradation'])}. "
+                  "'mild': trained on mild degradations only; 'config': the config's estimator.", "",
+                  *table(["method", "PSNR ↑", "SSIM ↑", "FID ↓", "s / image"], rows), ""]
+    if "diversity" in report:
+        d = report["diversity"]
+        rows = [[p["image"], fmt(p["estimator"], 3), fmt(p["difface"], 3)] for p in d["per_image"]]
+        rows.append(["**mean**", fmt(d["estimator"], 3), fmt(d["difface"], 3)])
+        lines += [f"## 3. Diversity: pixel spread over {d['samples']} samples (N = {d['N']})", "",
+                  *table(["input", "estimator", "DifFace"], rows), "", "![diversity](diversity.png)", ""]
+    if "steps" in report:
+        rows = [[r["steps"], r["evaluations"], *metric_cells(r)] for r in report["steps"]["rows"]]
+        lines += [f"## 4. Sampling steps (N = {report['steps']['N']})", "",
+                  *table(["steps", "network evals", "PSNR ↑", "SSIM ↑", "FID ↓", "s / image"], rows), "",
+                  "![steps](steps.png)", ""]
+    lines += ["## Images", "", "Rows: LQ, estimator, DifFace at the config's N, HQ (x2, nearest).", "",
+              "![grid](grid.png)", "", "## Notes", ""] + [f"- {n}" for n in report["meta"]["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+def write_reports(out: Path, report: dict) -> None:
+    (out / "results.json").write_text(json.dumps(finite(report), indent=1))
+    (out / "results.md").write_text(markdown(report))
+
+
+def finite(obj):
+    """JSON-safe copy: non-finite floats become null."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    return obj
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------
+
+def int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--heldout", type=Path, required=True, metavar="DIR",
+                   help="folder of held-out HQ faces (never trained on)")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="results folder")
+    p.add_argument("--cfg", default="demo", help="inference preset or YAML (default: %(default)s)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="inference config overrides")
+    p.add_argument("--only", type=int_list, default=list(PARTS), metavar="1,2,3,4",
+                   help="experiments to run: 1 trade-off, 2 robustness, 3 diversity, 4 steps (default: 1,2,3,4)")
+    p.add_argument("--max-images", type=int, default=100, help="held-out images used (default: %(default)s)")
+    p.add_argument("--select", choices=("spread", "first"), default="spread",
+                   help="which of them: evenly spread over the sorted file list, or the first ones "
+                        "(default: %(default)s)")
+    p.add_argument("--degradation-from", default="configs/train/demo_estimator.yaml", metavar="YAML",
+                   help="training config whose data.train.degradation gives the ranges (default: %(default)s)")
+    p.add_argument("--severe-from", default=None, metavar="YAML",
+                   help=f"config (data.train.degradation or a bare block) of the severe ranges of part 2 "
+                        f"(default: built in, {DEFAULT_SEVERE})")
+    p.add_argument("--mild-estimator", default=DEFAULT_MILD, metavar="WEIGHTS|none",
+                   help="weights of the estimator trained on mild degradations (same network as the config's), "
+                        "or 'none' to test only the config's estimator in part 2 (default: %(default)s)")
+    p.add_argument("--n-values", type=int_list, metavar="N,N,...", default=[0, 100, 200, 300, 400, 500, 600],
+                   help="start steps of part 1; N = 0 is the estimator alone (default: 0,100,...,600)")
+    p.add_argument("--steps-values", type=int_list, metavar="K,K,...", default=[100, 50, 20, 10],
+                   help="DDIM steps of part 4 (default: 100,50,20,10)")
+    p.add_argument("--diversity-samples", type=int, default=8,
+                   help="samples per input in part 3 (default: %(default)s)")
+    p.add_argument("--diversity-images", type=int, default=4, help="inputs of part 3 (default: %(default)s)")
+    p.add_argument("--grid-images", type=int, default=6,
+                   help="faces in grid.png, spread over the set (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the degradations and the noise (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=32, help="faces restored together (default: %(default)s)")
+    p.add_argument("--device", default="auto", choices=DEVICES, help="(default: %(default)s)")
+    p.add_argument("--fid-backbone", default="fid_helper", choices=["auto", "pytorch_fid", "fid_helper"],
+                   help="Inception weights of FID; fid_helper works offline (default: %(default)s)")
+    p.add_argument("--weights-dir", default=None, help="where registry weights are looked up")
+    p.add_argument("--no-download", dest="download", action="store_false", help="never download weights")
+    p.add_argument("--overwrite", action="store_true", help="write into an OUT that already holds results")
+    p.add_argument("--dry-run", action="store_true", help="check the settings, print them, run nothing")
+    return p.parse_args(argv)
+
+
+def check_args(args, cfg) -> None:
+    """Clear errors for bad settings, before any network is built."""
+    bad = [v for v in args.only if v not in PARTS]
+    if bad or not args.only:
+        raise ValueError(f"--only {bad or args.only}: allowed experiments are {PARTS}")
+    if cfg.task != "restoration":
+        raise ValueError(f"config {args.cfg} is a {cfg.task} config; this script needs a restoration one")
+    for name in ("max_images", "batch_size", "diversity_images", "grid_images"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.diversity_samples < 2:
+        raise ValueError(f"--diversity-samples must be >= 2 (a spread needs two samples), got {args.diversity_samples}")
+    s, total = cfg.sampling, cfg.diffusion.steps
+    for n in args.n_values:  # raises naming N when the config's grid leaves no step below it
+        if n != 0:
+            sampling_timesteps(n, total, s.grid, s.steps, s.official_start)
+    for k in args.steps_values:
+        sampling_timesteps(s.start_step, total, s.grid, k, s.official_start)
+    if (args.out / "results.json").exists() and not args.overwrite:
+        raise ValueError(f"{args.out} already holds results.json; pass --overwrite to replace the results")
+
+
+def settings(args, cfg, faces: Faces, standard: BlindDegradationConfig, argv: list[str]) -> dict:
+    from omegaconf import OmegaConf
+    return {"heldout": str(args.heldout), "images": len(faces.keys), "select": args.select,
+            "skipped": faces.skipped, "keys": faces.keys,
+            "parts": args.only, "n_values": args.n_values, "steps_values": args.steps_values,
+            "diversity_samples": args.diversity_samples, "diversity_images": args.diversity_images,
+            "degradation_from": args.degradation_from, "degradation": asdict(standard),
+            "severe_from": args.severe_from or "built-in defaults", "seed": args.seed, "batch_size": args.batch_size,
+            "dtype": cfg.dtype, "fid_backbone": args.fid_backbone, "overrides": list(args.overrides),
+            "sampling": OmegaConf.to_container(cfg.sampling), "diffusion_steps": cfg.diffusion.steps,
+            "command": " ".join(["scripts/reproduce_small.py", *argv])}
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    args = parse_args(argv)
+    try:
+        cfg = load_config(args.cfg, args.overrides)
+        check_args(args, cfg)
+        standard = degradation_config(args.degradation_from)
+        severe = degradation_config(args.severe_from, DEFAULT_SEVERE) if 2 in args.only else None
+        mild = None
+        if 2 in args.only and args.mild_estimator.lower() != "none":
+            try:
+                mild = resolve_weights(args.mild_estimator, args.weights_dir, download=False)
+            except WeightsError as e:
+                raise ValueError(f"mild estimator (part 2): {e}; pass --mild-estimator none to test only "
+                                 "the config's estimator, or leave part 2 out with --only") from None
+        faces = load_heldout(args.heldout, cfg.image_size, args.max_images, args.select)
+        device = pick_device(args.device)
+    except (ConfigError, WeightsError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print(json.dumps({"settings": settings(args, cfg, faces, standard, argv), "severe": severe and asdict(severe),
+                          "mild_estimator": mild and str(mild)}, indent=1, default=str))
+        return 0
+    try:
+        runner = Runner(cfg, device, args.batch_size, args.seed, args.weights_dir, args.download)
+    except WeightsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    lq = degrade(faces, standard, args.seed, "standard", args.out / "lq")
+    print("computing FID statistics of the HQ set", file=sys.stderr)
+    ctx = Context(args, runner, faces, lq, Scorer(to_uint8(faces.hq), device, args.fid_backbone),
+                  cfg.sampling.start_step)
+    if mild is not None:
+        ctx.mild = build_estimator(cfg, str(mild), device, args.weights_dir)
+    runner.restore(runner.method(ctx.start_step, steps=1), lq[:1], faces.keys[:1], "warm-up")
+    meta = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "machine": machine(device),
+            "model": {"name": cfg.name, "config": args.cfg, "image_size": cfg.image_size,
+                      "estimator": weight_file(resolve_weights(cfg.estimator.weights, args.weights_dir, False)),
+                      "prior": weight_file(resolve_weights(cfg.prior.weights, args.weights_dir, False)),
+                      "mild_estimator": mild and weight_file(mild)},
+            "settings": settings(args, cfg, faces, standard, argv), "notes": NOTES}
+    report, files = {"meta": meta}, []
+    for part in sorted(set(args.only)):
+        key, func = PART_FUNCS[part]
+        print(f"[{part}] {PARTS[part]}", file=sys.stderr)
+        start = time.perf_counter()
+        report[key] = func(ctx)
+        report[key]["seconds"] = round(time.perf_counter() - start, 2)
+        write_reports(args.out, report)  # after every part: a late failure keeps the earlier numbers
+    if "tradeoff" in report:
+        files.append(plot_tradeoff(report["tradeoff"], args.out))
+    if "steps" in report:
+        files.append(plot_steps(report["steps"], args.out))
+    if "diversity" in report:
+        files.append(write_diversity_figure(ctx))
+    files.append(write_grid(ctx))
+    meta["files"] = ["results.md", "results.json", *files, "lq/"] + (["lq_severe/"] if "robustness" in report else [])
+    write_reports(args.out, report)
+    print(f"wrote {args.out / 'results.md'}", file=sys.stderr)
+    return 1 if faces.skipped else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
