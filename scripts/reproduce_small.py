@@ -609,10 +609,10 @@ def check_args(args, cfg) -> None:
     if args.diversity_samples < 2:
         raise ValueError(f"--diversity-samples must be >= 2 (a spread needs two samples), got {args.diversity_samples}")
     s, total = cfg.sampling, cfg.diffusion.steps
-    for n in args.n_values:  # raises naming N when the config's grid leaves no step below it
+    for n in args.n_values if 1 in args.only else []:  # raises naming N when the grid has no step below it
         if n != 0:
             sampling_timesteps(n, total, s.grid, s.steps, s.official_start)
-    for k in args.steps_values:
+    for k in args.steps_values if 4 in args.only else []:
         sampling_timesteps(s.start_step, total, s.grid, k, s.official_start)
     if (args.out / "results.json").exists() and not args.overwrite:
         raise ValueError(f"{args.out} already holds results.json; pass --overwrite to replace the results")
