@@ -16,7 +16,7 @@ no greyscale) and saved to OUT/lq; then:
                  followed by DifFace at the config's start step.
   3  diversity   pixel spread (mean over pixels of the per-pixel std across K samples of one
                  input, in [0, 255]) of DifFace at the config's start step vs the estimator.
-  4  steps       DifFace at the config's start step with 100 / 50 / 20 / 10 DDIM steps
+  4  steps       DifFace at --steps-start (default 400) with 100 / 50 / 20 / 10 DDIM steps
                  (sampling.steps): PSNR / SSIM / FID and seconds per image.
 
 Outputs in OUT: results.md, results.json (every number, per-image PSNR/SSIM too),
@@ -334,12 +334,13 @@ def part_diversity(ctx: Context) -> dict:
 
 def part_steps(ctx: Context) -> dict:
     rows = []
+    start = ctx.args.steps_start or ctx.start_step
     for steps in ctx.args.steps_values:
-        method = ctx.runner.method(ctx.start_step, steps=steps)
+        method = ctx.runner.method(start, steps=steps)
         out, _, sec = ctx.restore(method, ctx.lq, f"{steps} steps")
         rows.append(ctx.score(f"{steps} steps", out, steps=steps, evaluations=len(method.timesteps),
-                              N=ctx.start_step, seconds_per_image=sec))
-    return {"N": ctx.start_step, "rows": rows}
+                              N=start, seconds_per_image=sec))
+    return {"N": start, "rows": rows}
 
 
 PART_FUNCS = {1: ("tradeoff", part_tradeoff), 2: ("robustness", part_robustness),
@@ -579,6 +580,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="start steps of part 1; N = 0 is the estimator alone (default: 0,100,...,600)")
     p.add_argument("--steps-values", type=int_list, metavar="K,K,...", default=[100, 50, 20, 10],
                    help="DDIM steps of part 4 (default: 100,50,20,10)")
+    p.add_argument("--steps-start", type=int, default=400,
+                   help="start step N of part 4 (default: the paper's 400; 0 = the config's N)")
     p.add_argument("--diversity-samples", type=int, default=8,
                    help="samples per input in part 3 (default: %(default)s)")
     p.add_argument("--diversity-images", type=int, default=4, help="inputs of part 3 (default: %(default)s)")
@@ -613,7 +616,7 @@ def check_args(args, cfg) -> None:
         if n != 0:
             sampling_timesteps(n, total, s.grid, s.steps, s.official_start)
     for k in args.steps_values if 4 in args.only else []:
-        sampling_timesteps(s.start_step, total, s.grid, k, s.official_start)
+        sampling_timesteps(args.steps_start or s.start_step, total, s.grid, k, s.official_start)
     if (args.out / "results.json").exists() and not args.overwrite:
         raise ValueError(f"{args.out} already holds results.json; pass --overwrite to replace the results")
 
