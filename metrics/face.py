@@ -14,10 +14,11 @@ reported in the per-image note.
 from __future__ import annotations
 
 import functools
-import importlib.util
 from pathlib import Path
 
 import numpy as np
+
+from datapipe import faces
 
 from .common import Measurement, MetricUnavailable, check_pair
 
@@ -35,19 +36,12 @@ def _dlib():
 
 
 def dlib_model_path(filename: str) -> Path:
-    """Path of ``filename`` inside the installed ``face_recognition_models`` package.
-
-    The package is located with importlib and not imported (its ``__init__`` needs
-    ``pkg_resources``).
-    """
-    spec = importlib.util.find_spec("face_recognition_models")
-    if spec is None or not spec.submodule_search_locations:
-        raise MetricUnavailable(f"dlib face metrics need {filename} from the package "
-                                "face-recognition-models (pip install face-recognition-models)")
-    path = Path(list(spec.submodule_search_locations)[0]) / "models" / filename
-    if not path.is_file():
-        raise MetricUnavailable(f"{path} is missing; reinstall face-recognition-models")
-    return path
+    """Path of ``filename`` of the installed ``face-recognition-models`` package, or
+    MetricUnavailable saying what to install."""
+    try:
+        return faces.dlib_model_path(filename)
+    except (ImportError, FileNotFoundError) as e:
+        raise MetricUnavailable(f"dlib face metrics need {filename}: {e}") from None
 
 
 @functools.lru_cache(maxsize=None)
