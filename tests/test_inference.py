@@ -152,11 +152,9 @@ def test_missing_registry_weights_are_downloaded_and_verified(tiny_cfg, tmp_path
     cfg = tmp_path / "registry.yaml"
     cfg.write_text(yaml.safe_dump(tiny))
 
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
+    from tests.test_checkpoint import QuietHandler
 
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(served)))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(served)))
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     try:
         monkeypatch.setenv("DIFFACE_WEIGHTS_URL_BASE", f"http://127.0.0.1:{httpd.server_address[1]}")
