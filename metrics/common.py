@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from datapipe import image_io
+
 
 class MetricUnavailable(RuntimeError):
     """A metric cannot be computed here (missing weight file, unsupported option).
@@ -66,38 +68,15 @@ def require_file(path: Path, what: str, source: str) -> Path:
 
 def uint8_to_tensor(img: np.ndarray, device: str | torch.device = "cpu") -> torch.Tensor:
     """``(H, W, 3)`` uint8 RGB -> ``(1, 3, H, W)`` float32 in ``[0, 1]`` on ``device``."""
-    t = torch.from_numpy(np.ascontiguousarray(check_image(img))).permute(2, 0, 1)
-    return t.unsqueeze(0).to(device=device, dtype=torch.float32) / 255.0
-
+    return image_io.uint8_to_tensor(check_image(img))[None].to(device)
 
 
 def list_images(folder: str | Path) -> list[Path]:
     """Image files directly inside ``folder``, sorted by name (``datapipe.image_io`` rules)."""
-    try:
-        from datapipe.image_io import list_images as _list
-    except ImportError:  # standalone use of the metrics package
-        exts = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
-        folder = Path(folder)
-        if not folder.is_dir():
-            raise NotADirectoryError(f"image folder '{folder}' does not exist or is not a folder")
-        return sorted(p for p in folder.iterdir()
-                      if p.is_file() and p.suffix.lower() in exts and not p.name.startswith("."))
-    return _list(folder)
+    return image_io.list_images(folder)
 
 
 def read_rgb_uint8(path: str | Path) -> np.ndarray:
-    """Read an image file as ``(H, W, 3)`` uint8 RGB (8-bit samples exact, 16-bit rounded).
-
-    Uses ``datapipe.image_io`` (the project's one reader: grey, alpha, 16-bit, EXIF, clear
-    errors) when present, else OpenCV.
-    """
-    try:
-        from datapipe.image_io import read_image_uint8_bgr
-    except ImportError:  # standalone use of the metrics package
-        import cv2
-        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise ValueError(f"cannot read image: {path}")
-    else:
-        bgr = read_image_uint8_bgr(path)
-    return np.ascontiguousarray(bgr[:, :, ::-1])
+    """Read an image file as ``(H, W, 3)`` uint8 RGB (8-bit samples exact, 16-bit rounded),
+    with the project's reader (grey, alpha, 16-bit, EXIF, clear errors)."""
+    return np.ascontiguousarray(image_io.read_image_uint8_bgr(path)[:, :, ::-1])

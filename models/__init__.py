@@ -27,6 +27,14 @@ def build_network(name: str, params: dict[str, Any]):
 
 
 @dataclass
+class DiffusionConfig:
+    """The forward process of a prior: beta schedule name and number of steps T."""
+
+    schedule: str = "linear"
+    steps: int = 1000
+
+
+@dataclass
 class NetworkConfig:
     """Config block of one network: its `NETWORKS` name, hyper-parameters and weight file.
 

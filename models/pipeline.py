@@ -17,7 +17,7 @@ import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from . import NetworkConfig, build_network
+from . import DiffusionConfig, NetworkConfig, build_network
 from .checkpoint import load_weights, resolve_weights
 from .diffusion import DiffusionSchedule
 from .difface import DTYPES, DifFace, known_pixel_correction
@@ -27,12 +27,6 @@ REPO_DIR = Path(__file__).resolve().parents[1]
 PRESET_DIR = REPO_DIR / "configs" / "inference"
 TASKS = ("restoration", "inpainting")
 DEVICES = ("auto", "cpu", "cuda", "mps")
-
-
-@dataclass
-class DiffusionConfig:
-    schedule: str = "linear"
-    steps: int = 1000
 
 
 @dataclass

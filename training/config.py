@@ -14,19 +14,11 @@ import torch
 from omegaconf import OmegaConf
 
 from datapipe.datasets import DatasetConfig, check_dataset_config
-from models import NETWORKS, NetworkConfig
+from models import NETWORKS, DiffusionConfig, NetworkConfig
 from models.diffusion import BETA_SCHEDULES
 
 from .objectives import OBJECTIVES
 from .state import LR_SCHEDULES
-
-
-@dataclass
-class DiffusionConfig:
-    """The forward process of the prior: beta schedule name and number of steps T."""
-
-    schedule: str = "linear"
-    steps: int = 1000
 
 
 @dataclass
