@@ -34,9 +34,14 @@ def sampling_timesteps(start_step: int, num_steps: int, grid: str | None = "ddim
     `start_step` followed by them (textbook). With `steps=K`, K evaluations evenly spread from
     `start_step` down to 0: the official variant drops the first of K + 1 points, the textbook
     one keeps K points including `start_step`.
+
+    `start_step=0` means no diffusion at all: the result is the estimator's output, and the
+    list is empty.
     """
     if not 0 <= start_step < num_steps:
         raise ValueError(f"start step must satisfy 0 <= N < {num_steps}, got {start_step}")
+    if start_step == 0:
+        return []
     if steps is not None:
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
@@ -144,17 +149,20 @@ class DifFace:
             x0_hat = self.estimate(torch.cat([y_model, mask_model], 1))
         else:
             x0_hat = self.estimate(y_model)
-        # Paper Eq. 6: one closed-form jump to level N.
-        abar_n = self.schedule.alpha_bar(self.start_step)
-        z = start_noise if start_noise is not None else draw_noise(x0_hat, generator)
-        x_n = abar_n ** 0.5 * (2 * x0_hat - 1) + (1 - abar_n) ** 0.5 * z.to(x0_hat)
-        correct = None
-        if self.correct_x0_factory is not None:
-            correct = self.correct_x0_factory(2 * y_model - 1, mask_model)
-        kwargs = {"eta": self.eta} if self.sampler == "ddim" else {}
-        x0 = SAMPLERS[self.sampler](self._prior, x_n, self.timesteps, self.schedule, generator=generator,
-                                    noise_fn=noise_fn, correct_x0=correct, **kwargs)
-        sample = (0.5 * x0 + 0.5).clamp(0.0, 1.0)
+        if self.timesteps:
+            # Paper Eq. 6: one closed-form jump to level N.
+            abar_n = self.schedule.alpha_bar(self.start_step)
+            z = start_noise if start_noise is not None else draw_noise(x0_hat, generator)
+            x_n = abar_n ** 0.5 * (2 * x0_hat - 1) + (1 - abar_n) ** 0.5 * z.to(x0_hat)
+            correct = None
+            if self.correct_x0_factory is not None:
+                correct = self.correct_x0_factory(2 * y_model - 1, mask_model)
+            kwargs = {"eta": self.eta} if self.sampler == "ddim" else {}
+            x0 = SAMPLERS[self.sampler](self._prior, x_n, self.timesteps, self.schedule, generator=generator,
+                                        noise_fn=noise_fn, correct_x0=correct, **kwargs)
+            sample = (0.5 * x0 + 0.5).clamp(0.0, 1.0)
+        else:  # N = 0: the estimator alone, no noise drawn
+            sample = x0_hat
         out_size = tuple(y.shape[-2:])
         if out_size != size:
             sample = resize(sample, out_size).clamp(0.0, 1.0)

@@ -97,3 +97,17 @@ def test_cosine_schedule_and_errors():
     assert betas.dtype == np.float64 and (betas > 0).all() and (betas <= 0.999).all()
     with pytest.raises(ValueError, match="allowed"):
         make_betas("quadratic", 10)
+
+
+def test_start_step_zero_is_the_estimator_alone():
+    """N = 0: no timestep is evaluated and the restoration equals the clamped estimate."""
+    from models.difface import DifFace
+    assert sampling_timesteps(0, 1000) == [] and sampling_timesteps(0, 1000, steps=10) == []
+
+    def prior(x, t):
+        raise AssertionError("the prior must not run at N = 0")
+
+    method = DifFace(lambda y: 2 * y - 0.25, prior, BASE, image_size=8, start_step=0)
+    y = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    out = method.restore(y, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(out.sample, (2 * y - 0.25).clamp(0, 1)) and torch.equal(out.sample, out.estimate)
