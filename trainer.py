@@ -13,8 +13,10 @@ rank) or of (seed, step): the data order and each sample's degradation (datapipe
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import math
+import signal
 import sys
 import time
 from contextlib import nullcontext
@@ -31,15 +33,19 @@ from tqdm import tqdm
 from datapipe.datasets import ResumableSampler, build_dataset
 from models import build_network
 from training import (AMP_DTYPES, LOWER_IS_BETTER, CheckpointStore, Ema, LRFactor, TrainConfig,
-                      build_objective, config_diff, config_yaml, load_config, rng_state, seed_all, set_rng_state,
-                      setup_distributed, weights_hash)
+                      build_objective, config_changes, config_yaml, load_config, rng_state, seed_all,
+                      set_rng_state, setup_distributed, weights_hash)
+from training.guards import SpikeWatch, StopSignals, non_finite
 from training.logs import RunLog
 
 log = logging.getLogger("trainer")
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss (or gradient norm) became NaN/inf; training stopped without saving."""
+    """The loss, gradient norm or weights became NaN/inf; training stopped without saving."""
+
+# fp16: this many GradScaler-skipped steps in a row stop the run as diverged
+MAX_SKIPPED_STEPS = 20
 
 
 class Trainer:
@@ -53,8 +59,15 @@ class Trainer:
         self.out = Path(cfg.out_dir)
         self.store = CheckpointStore(self.out / "ckpts", cfg.log.keep_last)
         self.runlog = RunLog(self.out, self.dist.rank, cfg.log.tensorboard)
+        self.spike = SpikeWatch(cfg.log.spike_factor)
+        self.spike_since: Optional[int] = None  # first step of an ongoing loss spike
+        self.skipped = 0  # fp16 steps skipped in a row by the GradScaler
+        self.stopped_by: Optional[int] = None  # the signal that ended train(), if any
         try:
             self._build(cfg, resume)
+            self.runlog.open_tensorboard(self.step)
+            if self.dist.main:
+                self._summary()
         except BaseException:
             self.close()
             raise
@@ -91,7 +104,27 @@ class Trainer:
 
     # ---- setup -----------------------------------------------------------------------------
     def _find_resume(self, resume: Optional[str]) -> Optional[tuple[Path, dict]]:
-        """(path, state) to resume from, or None; refuse to train over existing checkpoints."""
+        """(path, state) to resume from, or None; refuse to train over existing checkpoints.
+
+        Rank 0 first deletes temp files of interrupted writes and, when resuming at step k,
+        moves the checkpoints and exports of steps after k (a rollback, or unreadable newer
+        files) into ``ckpts/rolled_back_after_step_<k>/``: this run's lineage is then the only
+        one in ``ckpts/``, so pruning and a later ``--resume auto`` never mix two runs.
+        """
+        found = None
+        if self.dist.main:
+            for p in self.store.remove_temp_files():
+                log.info("deleted %s, left by an interrupted checkpoint write", p)
+            found = self._resume_source(resume)
+            if found is not None:
+                self._set_aside(found[1]["step"], "rolled_back")
+        if self.dist.world > 1:
+            dist.barrier()
+            if not self.dist.main:
+                found = self._resume_source(resume)
+        return found
+
+    def _resume_source(self, resume: Optional[str]) -> Optional[tuple[Path, dict]]:
         if resume == "auto":
             found = self.store.latest_valid()
             if found is None:
@@ -105,6 +138,30 @@ class Trainer:
             raise FileExistsError(f"{self.store.folder} already holds checkpoints; continue with "
                                   f"--resume auto or choose another --out-dir")
         return None
+
+    def _set_aside(self, step: int, reason: str) -> Optional[Path]:
+        """Move checkpoints and EMA exports of steps after ``step`` into a sub-folder of ckpts/."""
+        exports = [p for p in self.out.glob("ema_*.safetensors") if _step_of(p) > step]
+        moved = self.store.set_aside(step, exports, reason)
+        if moved is not None:
+            log.warning("the checkpoints after step %d (%s) were moved to %s; they are neither pruned "
+                        "nor resumed from", step, ", ".join(sorted(p.name for p in moved.iterdir())), moved)
+        return moved
+
+    def _summary(self) -> None:
+        """One block of log lines describing the run before its first step."""
+        cfg, d = self.cfg, self.dist
+        params = sum(p.numel() for p in self.net.parameters())
+        val = len(self.val_loader.dataset) if self.val_loader is not None else 0
+        log.info("network %s: %s parameters; objective %s; amp %s; EMA %s", cfg.model.name, f"{params:,}",
+                 cfg.objective.name, cfg.amp, cfg.ema_rate or "off")
+        log.info("data %s: %d training images, %d validation images", cfg.data.train.name,
+                 len(self.loader.dataset), val)
+        log.info("device %s, world size %d: effective batch %d = %d per process in micro-batches of %d; "
+                 "%d steps per epoch", d.device, d.world, cfg.data.batch_size, self.per_rank,
+                 cfg.data.micro_batch, self.steps_per_epoch)
+        log.info("steps %d -> %d; lr %g (%s); checkpoints every %d steps in %s", self.step, cfg.max_steps,
+                 cfg.optim.lr, cfg.optim.schedule, cfg.log.save_every, self.store.folder)
 
     def _build_data(self) -> None:
         cfg, d = self.cfg, self.dist
@@ -150,9 +207,8 @@ class Trainer:
                 "config": config_yaml(self.cfg)}
 
     def load_state(self, state: dict) -> None:
-        changed = config_diff(state["config"], self.cfg)
-        if changed:
-            log.warning("the config differs from the checkpoint's in %s; the current one is used", changed)
+        """Weights, EMA, optimizer moments, scaler, schedule position, step, RNG states and best
+        score from ``state``; then the config's optimizer hyper-parameters (:meth:`_apply_optim`)."""
         self.net.load_state_dict(state["model"])
         if self.ema is not None:
             self.ema.model.load_state_dict(state["ema"] if state["ema"] is not None else state["model"])
@@ -169,10 +225,31 @@ class Trainer:
             log.warning("checkpoint from %d processes, now %d: RNG streams reseeded from (seed, step)",
                         state["world_size"], self.dist.world)
             self.generator.manual_seed(self.cfg.seed + self.dist.rank + 7919 * self.step)
+        self._apply_optim()
+        log.info("from the checkpoint: weights, EMA, optimizer moments, scaler, schedule position (step %d), "
+                 "RNG states, best score; from the config: every hyper-parameter", self.step)
+        for key, old, new in config_changes(state["config"], self.cfg):
+            log.warning("%s = %r from the config (the checkpoint's run had %r)", key, new, old)
+
+    def _apply_optim(self) -> None:
+        """Set lr, betas, eps, weight decay and the LR schedule from the config after a state load
+        (the loaded optimizer and scheduler states carry the old run's values)."""
+        opt, factor = self.cfg.optim, LRFactor(self.cfg.optim)
+        groups = self.optimizer.param_groups
+        self.scheduler.lr_lambdas = [factor] * len(groups)
+        self.scheduler.base_lrs = [opt.lr] * len(groups)
+        for group in groups:
+            group.update(initial_lr=opt.lr, lr=opt.lr * factor(self.scheduler.last_epoch), betas=tuple(opt.betas),
+                         eps=opt.eps, weight_decay=opt.weight_decay)
+        self.scheduler._last_lr = [group["lr"] for group in groups]
 
     def save(self, name: Optional[str] = None) -> Optional[Path]:
         """Checkpoint (all ranks call; rank 0 writes) and export the EMA weights."""
         state = self.state_dict()
+        bad = non_finite(model=state["model"], ema=state["ema"])
+        if bad:
+            raise self._diverged(f"{len(bad)} weight tensors ({', '.join(bad[:3])}) are not finite "
+                                 f"after step {self.step}", self.step)
         if name is None:
             self.saved_step = self.step
         if not self.dist.main:
@@ -182,7 +259,8 @@ class Trainer:
             self.export(self.out / f"ema_{self.step:08d}.safetensors")
             exports = sorted(self.out.glob("ema_*.safetensors"))
             keep = self.cfg.log.keep_last
-            for old in exports[:-keep] if keep > 0 else []:
+            lineage = [p for p in exports if _step_of(p) <= self.step and _step_of(p) not in self.store.protected]
+            for old in lineage[:-keep] if keep > 0 else []:
                 old.unlink(missing_ok=True)
         log.info("saved %s", path)
         return path
@@ -224,16 +302,16 @@ class Trainer:
             for k, v in terms.items():
                 totals[k] = totals.get(k, 0.0) + v.detach().float() * weight
         stats = self._reduce(totals)
-        self._check_finite("loss", stats["loss"])
+        self._watch_loss(stats["loss"])
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
         clip = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else math.inf
         stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.net.parameters(), clip))
         if self.scaler:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+            self._scaler_step(stats)
         else:
-            self._check_finite("gradient norm", stats["grad_norm"])
+            if not math.isfinite(stats["grad_norm"]):
+                raise self._diverged(f"the gradient norm is {stats['grad_norm']} at step {self.step + 1}", self.step)
             self.optimizer.step()
         stats["lr"] = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
@@ -249,42 +327,108 @@ class Trainer:
             values /= self.dist.world
         return dict(zip(sorted(totals), values.tolist()))
 
-    def _check_finite(self, what: str, value: float) -> None:
-        if math.isfinite(value):
+    # ---- divergence ------------------------------------------------------------------------
+    # The loss of step k = self.step + 1 is computed with the weights of checkpoint k - 1.
+
+    def _watch_loss(self, loss: float) -> None:
+        """Stop on a NaN/inf loss (fp16: left to the GradScaler); note loss spikes."""
+        k = self.step + 1
+        if not math.isfinite(loss):
+            if self.scaler is None:
+                raise self._diverged(f"the loss is {loss} at step {k}", self.step)
             return
-        last = self.store.steps()
-        kept = f"the last good checkpoint is {last[-1][1]}" if last else "no checkpoint was written yet"
-        raise TrainingDiverged(
-            f"{what} is {value} at step {self.step + 1}: training stopped and nothing was saved; "
-            f"{kept}. Lower optim.lr, set optim.grad_clip, or use amp=none/bf16, then --resume auto.")
+        if not self.spike.is_spike(loss):
+            self.spike_since = None
+            return
+        if self.spike_since is None:
+            self.spike_since = k
+            kept = [(s, p) for s, p in self.store.steps() if s <= k - 2]
+            if kept:
+                self.store.protected.add(kept[-1][0])
+            log.warning("loss spike at step %d: %.4g, over %g x the recent median; %s", k, loss,
+                        self.cfg.log.spike_factor,
+                        f"{kept[-1][1].name} (before the spike) will not be pruned" if kept
+                        else "no checkpoint from before it exists")
+
+    def _scaler_step(self, stats: dict) -> None:
+        """fp16: GradScaler skips a step whose gradients overflowed and lowers its scale; many
+        skips in a row mean divergence, not overflow."""
+        scale = self.scaler.get_scale()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.scaler.get_scale() >= scale:
+            self.skipped = 0
+            return
+        self.skipped += 1
+        log.warning("step %d: fp16 gradients overflowed (loss %.4g); the update was skipped, loss scale %g -> %g",
+                    self.step + 1, stats["loss"], scale, self.scaler.get_scale())
+        if self.skipped >= MAX_SKIPPED_STEPS:
+            raise self._diverged(f"{self.skipped} fp16 steps in a row overflowed (up to step {self.step + 1})",
+                                 self.step - self.skipped + 1)
+
+    def _diverged(self, what: str, bad_step: int) -> TrainingDiverged:
+        """The error for a divergence first seen in the weights of step ``bad_step``: checkpoints
+        from that step on (and from an ongoing loss spike) are moved aside, so that
+        ``--resume auto`` continues from the last trustworthy one."""
+        limit = bad_step - 1
+        if self.spike_since is not None:
+            limit = min(limit, self.spike_since - 2)
+        moved = self._set_aside(limit, "diverged") if self.dist.main else None
+        good = [p for s, p in self.store.steps() if s <= limit]
+        kept = (f"--resume auto continues from {good[-1]}" if good else
+                "no checkpoint from before the divergence exists; start again in a new --out-dir")
+        if moved is not None:
+            kept = f"later checkpoints were moved to {moved}; {kept}"
+        return TrainingDiverged(
+            f"{what}: training stopped and nothing was saved; {kept}. Lower optim.lr, set optim.grad_clip, or use amp=none/bf16.")
 
     def train(self) -> None:
         """Run until ``max_steps``, then save a final checkpoint and ``export.safetensors``."""
         cfg = self.cfg
         bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not self.dist.main, dynamic_ncols=True)
-        clock, last_step = time.perf_counter(), self.step
-        while self.step < cfg.max_steps:
-            epoch, offset = divmod(self.step, self.steps_per_epoch)
-            self.sampler.set_epoch(epoch, offset * self.per_rank)
-            for batch in self.loader:
-                stats = self.train_step(batch)
-                self.step += 1
-                bar.update(1)
-                if self._due(cfg.log.log_every):
-                    now = time.perf_counter()
-                    stats["it_per_s"] = (self.step - last_step) / max(now - clock, 1e-9)
-                    stats["img_per_s"] = stats["it_per_s"] * cfg.data.batch_size
-                    clock, last_step = now, self.step
-                    self.runlog.scalars("train", self.step, stats)
-                    bar.set_postfix(loss=f"{stats['loss']:.4g}", lr=f"{stats['lr']:.2g}")
-                self._periodic(batch)
-                if self.step >= cfg.max_steps:
-                    break
+        clock, last_step, window = time.perf_counter(), self.step, {}
+        with StopSignals() as signals:
+            while self.step < cfg.max_steps and self.stopped_by is None:
+                epoch, offset = divmod(self.step, self.steps_per_epoch)
+                self.sampler.set_epoch(epoch, offset * self.per_rank)
+                for batch in self.loader:
+                    stats = self.train_step(batch)
+                    self.step += 1
+                    bar.update(1)
+                    for k, v in stats.items():  # sums over the log window
+                        window[k] = window.get(k, 0.0) + v
+                    if self._due(cfg.log.log_every):
+                        now = time.perf_counter()
+                        means = {k: v / (self.step - last_step) for k, v in window.items()}
+                        means["lr"] = stats["lr"]
+                        means["it_per_s"] = (self.step - last_step) / max(now - clock, 1e-9)
+                        means["img_per_s"] = means["it_per_s"] * cfg.data.batch_size
+                        clock, last_step, window = now, self.step, {}
+                        self.runlog.scalars("train", self.step, means)
+                        bar.set_postfix(loss=f"{means['loss']:.4g}", lr=f"{means['lr']:.2g}")
+                    self._periodic(batch)
+                    if self._stop_requested(signals):
+                        self.stopped_by = signals.received or signal.SIGTERM
+                        break
+                    if self.step >= cfg.max_steps:
+                        break
         bar.close()
         if self.saved_step != self.step:  # decided in memory: every rank must agree
             self.save()
-        if self.dist.main:
+        if self.stopped_by is not None:
+            log.warning("%s: stopped at step %d with a checkpoint; continue with --resume auto",
+                        signal.Signals(self.stopped_by).name, self.step)
+        elif self.dist.main:
             self.export(self.out / "export.safetensors")
+
+    def _stop_requested(self, signals: StopSignals) -> bool:
+        """Whether a stop signal reached any rank (all ranks agree, so all save together)."""
+        flag = signals.received is not None
+        if self.dist.world > 1:
+            t = torch.tensor([float(flag)], device=self.dist.device)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            flag = bool(t.item())
+        return flag
 
     def _due(self, every: int) -> bool:
         return every > 0 and self.step % every == 0
@@ -358,6 +502,12 @@ class Trainer:
             dist.destroy_process_group()
 
 
+def _step_of(path: Path) -> int:
+    """The step in a name like ``ema_00000040.safetensors`` (-1 if none)."""
+    digits = path.stem.rsplit("_", 1)[-1]
+    return int(digits) if digits.isdigit() else -1
+
+
 # --------------------------------------------------------------------------------------------
 # Library entry point and CLI
 # --------------------------------------------------------------------------------------------
@@ -386,7 +536,10 @@ EXAMPLES = """examples:
 
 Outputs in out_dir: config.yaml, train.log, tb/ (TensorBoard), images/, ckpts/step_<N>.pt (last
 log.keep_last) and ckpts/best.pt, ema_<N>.safetensors and export.safetensors (for inference).
-Exit codes: 0 done, 2 bad config or a NaN/inf loss (the last good checkpoint is kept)."""
+SIGTERM / SIGINT save a checkpoint at the current step and stop; --resume auto continues exactly.
+--resume PATH to an earlier step moves the later checkpoints into ckpts/rolled_back_after_step_<N>/.
+Exit codes: 0 done, 2 a user error (config, data, disk) or divergence (NaN/inf loss or weights;
+the last trustworthy checkpoint is kept), 128 + signal number when stopped by a signal."""
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
@@ -414,6 +567,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     overrides = list(args.overrides) + [f"{k}={v}" for k, v in flags.items() if v is not None]
     try:
         cfg = load_config(args.cfg, overrides)
+    except FileNotFoundError as err:
+        print(f"error: --cfg: {err}", file=sys.stderr)
+        return 2
     except (ValueError, OmegaConfBaseException) as err:  # unknown key, wrong type, bad value
         print(f"error: config {args.cfg}: {err}", file=sys.stderr)
         return 2
@@ -421,12 +577,21 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(config_yaml(cfg), end="")
         return 0
     try:
-        train(cfg, args.resume, args.debug_dump_weights_hash)
+        trainer = train(cfg, args.resume, args.debug_dump_weights_hash)
     except TrainingDiverged as err:
-        log.error("%s", err)
         print(f"error: {err}", file=sys.stderr)
         return 2
-    return 0
+    except OSError as err:  # missing data root, full disk, unreadable files
+        if err.errno == errno.ENOSPC:
+            print(f"error: no space left on the device writing {err.filename or cfg.out_dir}: free some "
+                  f"space or lower log.keep_last, then --resume auto", file=sys.stderr)
+        else:
+            print(f"error: {err}", file=sys.stderr)
+        return 2
+    except ValueError as err:  # empty folder, batch larger than the dataset, unreadable checkpoints
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 128 + trainer.stopped_by if trainer.stopped_by is not None else 0
 
 
 if __name__ == "__main__":

@@ -61,7 +61,9 @@ class DataConfig:
 
 @dataclass
 class LogConfig:
-    """Intervals in steps (0 = never). ``best_metric`` ranks validations for ``best.pt``."""
+    """Intervals in steps (0 = never). ``best_metric`` ranks validations for ``best.pt``.
+    ``spike_factor``: a step loss above this times the median of the recent losses is a spike;
+    the last checkpoint from before it is then never pruned (0 = off)."""
 
     log_every: int = 100
     image_every: int = 2000
@@ -72,6 +74,7 @@ class LogConfig:
     num_images: int = 4
     best_metric: str = "psnr"
     y_channel: bool = True
+    spike_factor: float = 20.0
 
 
 @dataclass
@@ -100,6 +103,8 @@ BEST_METRICS = ("psnr", "ssim", *LOWER_IS_BETTER)
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
     """Schema <- YAML file <- ``key=value`` overrides; unknown keys / wrong types raise here."""
+    if path and not Path(path).is_file():
+        raise FileNotFoundError(f"config file '{path}' does not exist")
     merged = OmegaConf.merge(OmegaConf.structured(TrainConfig),
                              OmegaConf.load(path) if path else {},
                              OmegaConf.from_dotlist(list(overrides)))
@@ -113,8 +118,9 @@ def config_yaml(cfg: TrainConfig) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
 
 
-def config_diff(saved_yaml: str, cfg: TrainConfig) -> list[str]:
-    """Dotted keys whose values differ between a saved config (YAML text) and ``cfg``."""
+def config_changes(saved_yaml: str, cfg: TrainConfig) -> list[tuple[str, object, object]]:
+    """(dotted key, saved value, current value) of every key that differs between a saved
+    config (YAML text) and ``cfg``, sorted by key."""
     def flat(node, prefix: str = "") -> dict:
         if not isinstance(node, dict):
             return {prefix[:-1]: node}
@@ -122,7 +128,12 @@ def config_diff(saved_yaml: str, cfg: TrainConfig) -> list[str]:
 
     old = flat(OmegaConf.to_container(OmegaConf.create(saved_yaml)))
     new = flat(OmegaConf.to_container(OmegaConf.structured(cfg)))
-    return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    return [(k, old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
+
+
+def config_diff(saved_yaml: str, cfg: TrainConfig) -> list[str]:
+    """Dotted keys whose values differ between a saved config (YAML text) and ``cfg``."""
+    return [k for k, _, _ in config_changes(saved_yaml, cfg)]
 
 
 def _allowed(key: str, value, allowed) -> None:

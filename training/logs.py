@@ -42,10 +42,14 @@ class RunLog:
             for h in handlers:
                 h.setFormatter(fmt)
                 logger.addHandler(h)
-        self.writer = None
-        if self.main and tensorboard:
+        self.tensorboard, self.writer = tensorboard and self.main, None
+
+    def open_tensorboard(self, step: int) -> None:
+        """Start TensorBoard at ``step``: events a previous run wrote after ``step`` are purged
+        (``purge_step``), so a resumed or rolled-back run does not draw its curves twice."""
+        if self.tensorboard and self.writer is None:
             from torch.utils.tensorboard import SummaryWriter
-            self.writer = SummaryWriter(str(self.out / "tb"))
+            self.writer = SummaryWriter(str(self.out / "tb"), purge_step=step + 1 if step > 0 else None)
 
     def scalars(self, prefix: str, step: int, values: dict[str, float]) -> None:
         """One log line and one TensorBoard scalar per value (rank 0)."""

@@ -102,10 +102,16 @@ def set_rng_state(state: dict, device: torch.device) -> None:
 
 class CheckpointStore:
     """``<folder>/step_<N>.pt`` files (temp file + rename), the newest ``keep_last`` kept
-    (0 = all), plus ``best.pt``. Leftover temp files (``.step_*.tmp``) are never read."""
+    (0 = all), plus ``best.pt``. Leftover temp files (``.step_*.tmp``) are never read.
+
+    Pruning looks only at checkpoints of this run's lineage: files with a step above the one
+    just saved (from an abandoned future, see :meth:`set_aside`) are never counted, and the
+    steps in ``protected`` (the last checkpoint before a loss spike) are never deleted.
+    """
 
     def __init__(self, folder: str | Path, keep_last: int):
         self.folder, self.keep_last = Path(folder), keep_last
+        self.protected: set[int] = set()
 
     def path(self, step: int) -> Path:
         return self.folder / f"step_{step:08d}.pt"
@@ -125,9 +131,42 @@ class CheckpointStore:
         path = self.folder / name if name else self.path(state["step"])
         save_checkpoint(state, path)
         if self.keep_last > 0 and not name:
-            for _, old in self.steps()[:-self.keep_last]:
+            lineage = [(s, p) for s, p in self.steps() if s <= state["step"] and s not in self.protected]
+            for _, old in lineage[:-self.keep_last]:
                 old.unlink(missing_ok=True)
         return path
+
+    def remove_temp_files(self) -> list[Path]:
+        """Delete the temp files that interrupted writes left behind; return their paths."""
+        stale = sorted(self.folder.glob(".*.tmp")) if self.folder.is_dir() else []
+        for p in stale:
+            p.unlink(missing_ok=True)
+        return stale
+
+    def set_aside(self, step: int, extra: list[Path] = (), reason: str = "rolled_back") -> Optional[Path]:
+        """Move checkpoints with a step above ``step`` (and ``best.pt`` when it is newer, and the
+        ``extra`` files) into a new sub-folder ``<reason>_after_step_<step>[_k]``; nothing is deleted.
+
+        Returns the sub-folder, or None when there was nothing to move.
+        """
+        later = [p for s, p in self.steps() if s > step] + list(extra)
+        best = self.folder / "best.pt"
+        if best.is_file():
+            try:
+                if self.load(best)["step"] > step:
+                    later.append(best)
+            except ValueError:
+                later.append(best)
+        if not later:
+            return None
+        base = self.folder / f"{reason}_after_step_{step:08d}"
+        target, k = base, 1
+        while target.exists():
+            target, k = Path(f"{base}_{k}"), k + 1
+        target.mkdir(parents=True)
+        for p in later:
+            os.replace(p, target / p.name)
+        return target
 
     @staticmethod
     def load(path: str | Path) -> dict:
@@ -143,13 +182,39 @@ class CheckpointStore:
         return state
 
     def latest_valid(self) -> Optional[tuple[Path, dict]]:
-        """The newest readable step checkpoint; unreadable newer ones are skipped with a warning."""
+        """The newest readable step checkpoint, else a readable ``best.pt`` (with a warning).
+
+        Unreadable newer ones are skipped with a warning. Raises ``ResumeError`` when
+        checkpoints exist but none of them (``best.pt`` included) can be read; None when the
+        folder holds no checkpoint at all.
+        """
+        errors = []
         for _, path in reversed(self.steps()):
             try:
                 return path, self.load(path)
             except ValueError as err:
                 log.warning("skipping checkpoint: %s", err)
+                errors.append(str(err))
+        best = self.folder / "best.pt"
+        if best.is_file():
+            try:
+                state = self.load(best)
+            except ValueError as err:
+                errors.append(str(err))
+            else:
+                if errors:
+                    log.warning("every step checkpoint in %s is unreadable; falling back to %s (step %d)",
+                                self.folder, best, state["step"])
+                return best, state
+        if errors:
+            raise ResumeError(f"every checkpoint in {self.folder} is unreadable ({errors[0]}); nothing to "
+                              f"resume from. Move them elsewhere to start again from step 0, or give "
+                              f"--resume PATH")
         return None
+
+
+class ResumeError(ValueError):
+    """Checkpoints exist but none can be resumed from."""
 
 
 # --------------------------------------------------------------------------------------------
