@@ -258,7 +258,7 @@ class Trainer:
         if name is None:
             self.export(self.out / f"ema_{self.step:08d}.safetensors")
             exports = sorted(self.out.glob("ema_*.safetensors"))
-            keep = self.cfg.log.keep_last
+            keep = max(self.cfg.log.keep_last, 2) if self.cfg.log.keep_last > 0 else 0
             lineage = [p for p in exports if _step_of(p) <= self.step and _step_of(p) not in self.store.protected]
             for old in lineage[:-keep] if keep > 0 else []:
                 old.unlink(missing_ok=True)
@@ -376,7 +376,7 @@ class Trainer:
         moved = self._set_aside(limit, "diverged") if self.dist.main else None
         good = [p for s, p in self.store.steps() if s <= limit]
         kept = (f"--resume auto continues from {good[-1]}" if good else
-                "no checkpoint from before the divergence exists; start again in a new --out-dir")
+                "no checkpoint from before the divergence exists; start again from step 0")
         if moved is not None:
             kept = f"later checkpoints were moved to {moved}; {kept}"
         return TrainingDiverged(

@@ -61,7 +61,8 @@ class DataConfig:
 
 @dataclass
 class LogConfig:
-    """Intervals in steps (0 = never). ``best_metric`` ranks validations for ``best.pt``.
+    """Intervals in steps (0 = never). ``keep_last``: step checkpoints kept (0 = all, else at
+    least 2). ``best_metric`` ranks validations for ``best.pt``.
     ``spike_factor``: a step loss above this times the median of the recent losses is a spike;
     the last checkpoint from before it is then never pruned (0 = off)."""
 

@@ -102,7 +102,8 @@ def set_rng_state(state: dict, device: torch.device) -> None:
 
 class CheckpointStore:
     """``<folder>/step_<N>.pt`` files (temp file + rename), the newest ``keep_last`` kept
-    (0 = all), plus ``best.pt``. Leftover temp files (``.step_*.tmp``) are never read.
+    (0 = all; at least 2, because the newest one is vouched for only by the loss of a later
+    step), plus ``best.pt``. Leftover temp files (``.step_*.tmp``) are never read.
 
     Pruning looks only at checkpoints of this run's lineage: files with a step above the one
     just saved (from an abandoned future, see :meth:`set_aside`) are never counted, and the
@@ -132,7 +133,7 @@ class CheckpointStore:
         save_checkpoint(state, path)
         if self.keep_last > 0 and not name:
             lineage = [(s, p) for s, p in self.steps() if s <= state["step"] and s not in self.protected]
-            for _, old in lineage[:-self.keep_last]:
+            for _, old in lineage[:-max(self.keep_last, 2)]:
                 old.unlink(missing_ok=True)
         return path
 
