@@ -68,7 +68,8 @@ class DatasetConfig:
     list's folder); paired / inpainting_paired read ``lq_root`` and ``hq_root`` and match files
     by stem. ``size``: images are resized (shorter side, area resampling when shrinking) and
     centre-cropped to size x size when they are not already that size; None keeps them as they
-    are. ``mask``: the masks of inpainting / inpainting_paired (:class:`MaskConfig`).
+    are. ``max_images``: a subset drawn by a shuffle seeded with the run's seed (not the first
+N files). ``mask``: the masks of inpainting / inpainting_paired (:class:`MaskConfig`).
     """
 
     name: str = "blind_pairs"
@@ -118,13 +119,24 @@ def read_file_list(path: str | Path) -> list[Path]:
     return paths
 
 
+def seeded_subset(items: list, max_images: Optional[int], seed: int = 0) -> list:
+    """``max_images`` items drawn by a shuffle seeded with ``seed``, kept in their original order
+    (all of them when there are not more). Not the first N: sorted test sets (e.g. the
+    CelebA-Test grid, ordered by JPEG quality) would give a one-sided subset."""
+    if max_images is None or max_images >= len(items):
+        return list(items)
+    chosen = np.random.default_rng(np.random.SeedSequence([int(seed), 1729])).permutation(len(items))[:max_images]
+    return [items[i] for i in sorted(chosen)]
+
+
 def image_paths(root: Optional[str], file_list: Optional[str], recursive: bool,
-                max_images: Optional[int] = None) -> list[Path]:
-    """The images of a folder (sorted) or of a file list (in list order), at most ``max_images``."""
+                max_images: Optional[int] = None, seed: int = 0) -> list[Path]:
+    """The images of a folder (sorted) or of a file list (in list order); at most ``max_images``
+    of them, drawn by :func:`seeded_subset`."""
     if (root is None) == (file_list is None):
         raise ValueError(f"give exactly one of root ({root!r}) and file_list ({file_list!r})")
     paths = list_images(root, recursive) if root is not None else read_file_list(file_list)
-    paths = paths[:max_images] if max_images is not None else paths
+    paths = seeded_subset(paths, max_images, seed)
     if not paths:
         raise ValueError(f"no images found in {root if root is not None else file_list}")
     return paths
@@ -163,7 +175,7 @@ class HQImages(Dataset):
 
     @classmethod
     def from_config(cls, cfg: DatasetConfig, seed: int = 0, rank: int = 0) -> "HQImages":
-        paths = image_paths(cfg.root, cfg.file_list, cfg.recursive, cfg.max_images)
+        paths = image_paths(cfg.root, cfg.file_list, cfg.recursive, cfg.max_images, seed)
         return cls(paths, cfg.size, cfg.hflip, seed, rank)
 
     def __len__(self) -> int:
@@ -229,21 +241,21 @@ class PairedFolders(Dataset):
     ``{'lq', 'hq', 'name'}``. LQ images are resized to the HQ size when they differ (bicubic)."""
 
     def __init__(self, lq_root: str, hq_root: str, size: Optional[int] = None,
-                 max_images: Optional[int] = None):
+                 max_images: Optional[int] = None, seed: int = 0):
         lq = {p.stem: p for p in list_images(lq_root, recursive=False)}
         hq = {p.stem: p for p in list_images(hq_root, recursive=False)}
         missing = sorted(set(lq) - set(hq))
         if missing:
             raise ValueError(f"{len(missing)} LQ images in {lq_root} have no HQ image of the same "
                              f"stem in {hq_root}, e.g. {missing[:3]}")
-        self.names = sorted(lq)[:max_images] if max_images is not None else sorted(lq)
+        self.names = seeded_subset(sorted(lq), max_images, seed)
         if not self.names:
             raise ValueError(f"no images found in {lq_root}")
         self.lq, self.hq, self.size = lq, hq, size
 
     @classmethod
     def from_config(cls, cfg: DatasetConfig, seed: int = 0, rank: int = 0) -> "PairedFolders":
-        return cls(cfg.lq_root, cfg.hq_root, cfg.size, cfg.max_images)
+        return cls(cfg.lq_root, cfg.hq_root, cfg.size, cfg.max_images, seed)
 
     def __len__(self) -> int:
         return len(self.names)

@@ -122,6 +122,20 @@ def test_paired_folders_match_by_stem_and_resize_lq(tmp_path):
         PairedFolders(str(tmp_path / "lq"), str(tmp_path / "hq"))
 
 
+def test_max_images_draws_a_seeded_subset_not_the_first_sorted_files(tmp_path):
+    _write_faces(tmp_path / "hq", 40, shape=(16, 16))
+    _write_faces(tmp_path / "lq", 40, shape=(16, 16), seed=2)
+    val = build_dataset(DatasetConfig(name="paired", lq_root=str(tmp_path / "lq"), hq_root=str(tmp_path / "hq"),
+                                      max_images=10), seed=10000)
+    names = val.names
+    assert len(names) == 10 and names == sorted(names)
+    assert names != [f"{i:03d}" for i in range(10)] and max(names) > "019"  # spread over the whole set
+    again = PairedFolders(str(tmp_path / "lq"), str(tmp_path / "hq"), max_images=10, seed=10000)
+    assert again.names == names  # reproducible
+    hq = build_dataset(DatasetConfig(name="hq_images", root=str(tmp_path / "hq"), max_images=10), seed=10000)
+    assert [p.stem for p in hq.paths] == names
+
+
 def test_dataset_table_and_config_errors(faces):
     assert set(DATASETS) >= {"hq_images", "blind_pairs", "paired", "random"}
     with pytest.raises(ValueError, match="allowed"):
