@@ -179,8 +179,12 @@ def test_tiny_lama_steps_reduce_the_loss_validate_and_export(faces, tmp_path):
     # Four images, so that 24 steps see each one 24 times (with a new mask every epoch); the
     # fixed set is these images with their epoch-0 masks. Holes of unseen images are not
     # predictable from smooth noise, so a larger set would learn too slowly for a unit test.
-    cfg = make_cfg(faces, tmp_path, "max_steps=24", "data.train.max_images=4", "log.image_every=24",
-                   "log.val_every=24", "log.save_every=12")
+    four = tmp_path / "four"  # the first four of the eight faces (max_images would draw a random four)
+    four.mkdir()
+    for p in sorted(faces.glob("*.png"))[:4]:
+        (four / p.name).write_bytes(p.read_bytes())
+    cfg = make_cfg(four, tmp_path / "run", "max_steps=24", "log.image_every=24", "log.val_every=24",
+                   "log.save_every=12")
     trainer = Trainer(cfg)
     batch = default_collate([trainer.loader.dataset[(i, 0)] for i in range(4)])
 
@@ -197,11 +201,11 @@ def test_tiny_lama_steps_reduce_the_loss_validate_and_export(faces, tmp_path):
     after = fixed_loss()
     assert after < 0.75 * before, (before, after)
     fresh = build_network(cfg.model.name, cfg.model.params)
-    load_weights(fresh, tmp_path / "export.safetensors", strict=True)
+    load_weights(fresh, tmp_path / "run" / "export.safetensors", strict=True)
     assert weights_hash(fresh) == weights_hash(trainer.ema.model)
-    grid = cv2.imread(str(tmp_path / "images" / "train_00000024.png"))
+    grid = cv2.imread(str(tmp_path / "run" / "images" / "train_00000024.png"))
     assert grid.shape == (3 * 32, cfg.log.num_images * 32, 3)  # LQ / estimate / HQ
-    best = CheckpointStore.load(tmp_path / "ckpts" / "best.pt")
+    best = CheckpointStore.load(tmp_path / "run" / "ckpts" / "best.pt")
     assert best["best"]["metric"] == "psnr" and best["best"]["step"] == 24 and best["best"]["value"] > 5
 
 
