@@ -35,7 +35,7 @@ from models import build_network
 from training import (AMP_DTYPES, LOWER_IS_BETTER, CheckpointStore, Ema, LRFactor, TrainConfig,
                       build_objective, config_changes, config_yaml, load_config, rng_state, seed_all,
                       set_rng_state, setup_distributed, weights_hash)
-from training.guards import SpikeWatch, StopSignals, non_finite
+from training.guards import SpikeWatch, StopSignals, ignore_stop_signals, non_finite
 from training.logs import RunLog
 
 log = logging.getLogger("trainer")
@@ -113,8 +113,12 @@ class Trainer:
         """
         found = None
         if self.dist.main:
-            for p in self.store.remove_temp_files():
-                log.info("deleted %s, left by an interrupted checkpoint write", p)
+            stale = self.store.remove_temp_files()
+            for p in [*self.out.glob(".ema_*.tmp"), *self.out.glob(".export.safetensors.*.tmp")]:
+                p.unlink(missing_ok=True)
+                stale.append(p)
+            for p in stale:
+                log.info("deleted %s, left by an interrupted write", p)
             found = self._resume_source(resume)
             if found is not None:
                 self._set_aside(found[1]["step"], "rolled_back")
@@ -187,7 +191,7 @@ class Trainer:
         workers = self.cfg.data.num_workers
         return DataLoader(dataset, batch_size=batch, sampler=sampler, shuffle=False, drop_last=drop_last,
                           num_workers=workers, persistent_workers=workers > 0,
-                          pin_memory=self.dist.device.type == "cuda",
+                          pin_memory=self.dist.device.type == "cuda", worker_init_fn=ignore_stop_signals,
                           generator=torch.Generator().manual_seed(self.cfg.seed))  # keeps global RNG untouched
 
     # ---- state -----------------------------------------------------------------------------

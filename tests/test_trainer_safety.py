@@ -186,18 +186,20 @@ def test_fp16_overflow_skips_the_step_instead_of_stopping(faces, tmp_path):
 
 # ---- pre-emption --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_a_stop_signal_saves_the_current_step_and_resume_is_exact(faces, tmp_path, sig):
-    common = ["log.save_every=1000", "log.keep_last=0"]
+@pytest.mark.parametrize("sig,workers", [(signal.SIGTERM, 2), (signal.SIGINT, 0)])
+def test_a_stop_signal_saves_the_current_step_and_resume_is_exact(faces, tmp_path, sig, workers):
+    """The signal goes to the whole process group, as SLURM's and a terminal's do (workers too)."""
+    common = ["log.save_every=1000", "log.keep_last=0", f"data.num_workers={workers}"]
     out = tmp_path / "stopped"
     cmd = [sys.executable, str(REPO / "trainer.py"), "--cfg", str(CONFIGS / "tiny_estimator.yaml"),
            f"data.train.root={faces}", "--out-dir", str(out), "--max-steps", "1000", "log.log_every=1",
            "log.tensorboard=false", "log.val_every=0", *common]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
     deadline = time.time() + 90
     while time.time() < deadline and "step 2 train" not in _read(out / "train.log"):
         time.sleep(0.1)
-    proc.send_signal(sig)
+    os.killpg(proc.pid, sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + sig, err[-2000:]
     assert "Traceback" not in err

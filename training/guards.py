@@ -47,6 +47,14 @@ class StopSignals:
         self._old = {}
 
 
+def ignore_stop_signals(worker_id: int = 0) -> None:
+    """DataLoader ``worker_init_fn``: workers ignore SIGTERM / SIGINT, which a scheduler or Ctrl-C
+    sends to the whole process group, so that they keep serving the main process until it has
+    saved its checkpoint and shuts them down."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
 class SpikeWatch:
     """A loss counts as a spike when it exceeds ``factor`` times the median of the last
     ``window`` finite non-spike losses (``factor`` 0 = never). Spikes do not enter the window."""
