@@ -32,10 +32,10 @@ from tqdm import tqdm
 
 from datapipe.datasets import ResumableSampler, build_dataset
 from models import build_network
-from training import (AMP_DTYPES, LOWER_IS_BETTER, CheckpointStore, Ema, LRFactor, TrainConfig,
+from training import (AMP_DTYPES, LOWER_IS_BETTER, Ema, LRFactor, RunFolder, TrainConfig,
                       build_objective, config_changes, config_yaml, load_config, rng_state, seed_all,
                       set_rng_state, setup_distributed, weights_hash)
-from training.guards import SpikeWatch, StopSignals, ignore_stop_signals, non_finite
+from training.guards import LossWatch, StopSignals, ignore_stop_signals, non_finite
 from training.logs import RunLog
 
 log = logging.getLogger("trainer")
@@ -57,11 +57,10 @@ class Trainer:
             raise ValueError(f"data.batch_size={cfg.data.batch_size} is not divisible by the "
                              f"{self.dist.world} processes")
         self.out = Path(cfg.out_dir)
-        self.store = CheckpointStore(self.out / "ckpts", cfg.log.keep_last)
+        self.folder = RunFolder(self.out, cfg.log.keep_last)
+        self.store = self.folder.store
         self.runlog = RunLog(self.out, self.dist.rank, cfg.log.tensorboard)
-        self.spike = SpikeWatch(cfg.log.spike_factor)
-        self.spike_since: Optional[int] = None  # first step of an ongoing loss spike
-        self.skipped = 0  # fp16 steps skipped in a row by the GradScaler
+        self.watch = LossWatch(cfg.log.spike_factor)
         self.stopped_by: Optional[int] = None  # the signal that ended train(), if any
         try:
             self._build(cfg, resume)
@@ -113,44 +112,16 @@ class Trainer:
         """
         found = None
         if self.dist.main:
-            stale = self.store.remove_temp_files()
-            for p in [*self.out.glob(".ema_*.tmp"), *self.out.glob(".export.safetensors.*.tmp")]:
-                p.unlink(missing_ok=True)
-                stale.append(p)
-            for p in stale:
+            for p in self.folder.remove_temp_files():
                 log.info("deleted %s, left by an interrupted write", p)
-            found = self._resume_source(resume)
+            found = self.folder.resume_source(resume)
             if found is not None:
-                self._set_aside(found[1]["step"], "rolled_back")
+                self.folder.set_aside(found[1]["step"], "rolled_back")
         if self.dist.world > 1:
             dist.barrier()
             if not self.dist.main:
-                found = self._resume_source(resume)
+                found = self.folder.resume_source(resume)
         return found
-
-    def _resume_source(self, resume: Optional[str]) -> Optional[tuple[Path, dict]]:
-        if resume == "auto":
-            found = self.store.latest_valid()
-            if found is None:
-                log.info("--resume auto: no checkpoint in %s, starting from step 0", self.store.folder)
-            return found
-        if resume:
-            if not Path(resume).is_file():
-                raise FileNotFoundError(f"--resume {resume}: no such checkpoint file")
-            return Path(resume), CheckpointStore.load(resume)
-        if self.store.steps():
-            raise FileExistsError(f"{self.store.folder} already holds checkpoints; continue with "
-                                  f"--resume auto or choose another --out-dir")
-        return None
-
-    def _set_aside(self, step: int, reason: str) -> Optional[Path]:
-        """Move checkpoints and EMA exports of steps after ``step`` into a sub-folder of ckpts/."""
-        exports = [p for p in self.out.glob("ema_*.safetensors") if _step_of(p) > step]
-        moved = self.store.set_aside(step, exports, reason)
-        if moved is not None:
-            log.warning("the checkpoints after step %d (%s) were moved to %s; they are neither pruned "
-                        "nor resumed from", step, ", ".join(sorted(p.name for p in moved.iterdir())), moved)
-        return moved
 
     def _summary(self) -> None:
         """One block of log lines describing the run before its first step."""
@@ -261,11 +232,7 @@ class Trainer:
         path = self.store.save(state, name)
         if name is None:
             self.export(self.out / f"ema_{self.step:08d}.safetensors")
-            exports = sorted(self.out.glob("ema_*.safetensors"))
-            keep = max(self.cfg.log.keep_last, 2) if self.cfg.log.keep_last > 0 else 0
-            lineage = [p for p in exports if _step_of(p) <= self.step and _step_of(p) not in self.store.protected]
-            for old in lineage[:-keep] if keep > 0 else []:
-                old.unlink(missing_ok=True)
+            self.folder.prune_exports(self.step)
         log.info("saved %s", path)
         return path
 
@@ -341,11 +308,7 @@ class Trainer:
             if self.scaler is None:
                 raise self._diverged(f"the loss is {loss} at step {k}", self.step)
             return
-        if not self.spike.is_spike(loss):
-            self.spike_since = None
-            return
-        if self.spike_since is None:
-            self.spike_since = k
+        if self.watch.is_new_spike(loss, k):
             kept = [(s, p) for s, p in self.store.steps() if s <= k - 2]
             if kept:
                 self.store.protected.add(kept[-1][0])
@@ -361,30 +324,29 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         if self.scaler.get_scale() >= scale:
-            self.skipped = 0
+            self.watch.skipped = 0
             return
-        self.skipped += 1
+        self.watch.skipped += 1
         log.warning("step %d: fp16 gradients overflowed (loss %.4g); the update was skipped, loss scale %g -> %g",
                     self.step + 1, stats["loss"], scale, self.scaler.get_scale())
-        if self.skipped >= MAX_SKIPPED_STEPS:
-            raise self._diverged(f"{self.skipped} fp16 steps in a row overflowed (up to step {self.step + 1})",
-                                 self.step - self.skipped + 1)
+        if self.watch.skipped >= MAX_SKIPPED_STEPS:
+            raise self._diverged(f"{self.watch.skipped} fp16 steps in a row overflowed (up to step "
+                                 f"{self.step + 1})", self.step - self.watch.skipped + 1)
 
     def _diverged(self, what: str, bad_step: int) -> TrainingDiverged:
         """The error for a divergence first seen in the weights of step ``bad_step``: checkpoints
         from that step on (and from an ongoing loss spike) are moved aside, so that
         ``--resume auto`` continues from the last trustworthy one."""
-        limit = bad_step - 1
-        if self.spike_since is not None:
-            limit = min(limit, self.spike_since - 2)
-        moved = self._set_aside(limit, "diverged") if self.dist.main else None
+        limit = self.watch.trusted_until(bad_step)
+        moved = self.folder.set_aside(limit, "diverged") if self.dist.main else None
         good = [p for s, p in self.store.steps() if s <= limit]
         kept = (f"--resume auto continues from {good[-1]}" if good else
                 "no checkpoint from before the divergence exists; start again from step 0")
         if moved is not None:
             kept = f"later checkpoints were moved to {moved}; {kept}"
         return TrainingDiverged(
-            f"{what}: training stopped and nothing was saved; {kept}. Lower optim.lr, set optim.grad_clip, or use amp=none/bf16.")
+            f"{what}: training stopped and nothing was saved; {kept}. Lower optim.lr, set optim.grad_clip, "
+            f"or use amp=none/bf16.")
 
     def train(self) -> None:
         """Run until ``max_steps``, then save a final checkpoint and ``export.safetensors``."""
@@ -504,12 +466,6 @@ class Trainer:
         self.runlog.close()
         if self.dist.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
-
-
-def _step_of(path: Path) -> int:
-    """The step in a name like ``ema_00000040.safetensors`` (-1 if none)."""
-    digits = path.stem.rsplit("_", 1)[-1]
-    return int(digits) if digits.isdigit() else -1
 
 
 # --------------------------------------------------------------------------------------------

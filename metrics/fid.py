@@ -125,7 +125,9 @@ class FidStats:
 
 
 def _trace_sqrt_product_fast(a: FidStats, b: FidStats) -> float:
-    """``tr((S1 S2)^(1/2))`` without ``sqrtm`` (the value of pytorch-fid's computation): with both feature sets at hand (fewer images than dimensions), ``S1 = X^T X`` and
+    """``tr((S1 S2)^(1/2))`` without ``sqrtm`` (the value of pytorch-fid's computation).
+
+    With both feature sets at hand (fewer images than dimensions), ``S1 = X^T X`` and
     ``S2 = Y^T Y`` with centred, scaled features, and the trace is the nuclear norm of
     ``X Y^T`` (exact, no offset); otherwise ``tr sqrt(S1^(1/2) S2 S1^(1/2))`` by eigen-solves.
     """

@@ -149,6 +149,7 @@ def test_realworld_honours_max_images(fake, tmp_path):
 def test_a_crashing_step_is_fatal_with_its_message(tmp_path, capsys):
     module = _module()
     crash = tmp_path / "crash.py"
-    crash.write_text("import sys\nprint('restoring...', file=sys.stderr)\nraise RuntimeError('boom: CUDA out of memory')\n")
+    crash.write_text("import sys\nprint('restoring...', file=sys.stderr)\n"
+                     "raise RuntimeError('boom: CUDA out of memory')\n")
     with pytest.raises(module.StepFailed, match="exit code 1: .*boom: CUDA out of memory"):
         module.call(str(crash))

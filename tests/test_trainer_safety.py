@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 
-import trainer as trainer_module
 from trainer import Trainer, TrainingDiverged, main, train
 from training import CheckpointStore, LRFactor, ResumeError, load_config, weights_hash
 

@@ -72,6 +72,32 @@ class SpikeWatch:
         return spike
 
 
+class LossWatch:
+    """Loss bookkeeping of the divergence checks: spikes (:class:`SpikeWatch`), the first step of
+    an ongoing spike, fp16 steps skipped in a row, and the newest step whose checkpoint is still
+    trustworthy (:meth:`trusted_until`)."""
+
+    def __init__(self, spike_factor: float):
+        self.spike = SpikeWatch(spike_factor)
+        self.spike_since: Optional[int] = None
+        self.skipped = 0
+
+    def is_new_spike(self, loss: float, k: int) -> bool:
+        """Record the finite loss of step ``k``; True when it starts a spike."""
+        if not self.spike.is_spike(loss):
+            self.spike_since = None
+            return False
+        new = self.spike_since is None
+        self.spike_since = self.spike_since or k
+        return new
+
+    def trusted_until(self, bad_step: int) -> int:
+        """The newest step whose weights can be trusted when those of ``bad_step`` cannot (and not
+        those of the step before an ongoing spike)."""
+        limit = bad_step - 1
+        return min(limit, self.spike_since - 2) if self.spike_since is not None else limit
+
+
 def non_finite(**state_dicts: Optional[dict]) -> list[str]:
     """``'<group>.<key>'`` of every floating-point tensor holding NaN or inf."""
     bad = []

@@ -218,6 +218,63 @@ class ResumeError(ValueError):
     """Checkpoints exist but none can be resumed from."""
 
 
+def step_of(path: Path) -> int:
+    """The step in a name like ``ema_00000040.safetensors`` (-1 if none)."""
+    digits = path.stem.rsplit("_", 1)[-1]
+    return int(digits) if digits.isdigit() else -1
+
+
+class RunFolder:
+    """A run's ``out_dir``: its :class:`CheckpointStore` (``ckpts/``) and EMA exports
+    (``ema_<N>.safetensors``), and the decisions about them: where to resume, which later files
+    to set aside, which exports to prune, which temp files to delete."""
+
+    def __init__(self, out: str | Path, keep_last: int):
+        self.out = Path(out)
+        self.store = CheckpointStore(self.out / "ckpts", keep_last)
+
+    def remove_temp_files(self) -> list[Path]:
+        """Delete the temp files that interrupted checkpoint or export writes left behind."""
+        stale = self.store.remove_temp_files()
+        for p in [*self.out.glob(".ema_*.tmp"), *self.out.glob(".export.safetensors.*.tmp")]:
+            p.unlink(missing_ok=True)
+            stale.append(p)
+        return stale
+
+    def resume_source(self, resume: Optional[str]) -> Optional[tuple[Path, dict]]:
+        """(path, state) for ``--resume auto|PATH``, or None; refuse to train over checkpoints."""
+        if resume == "auto":
+            found = self.store.latest_valid()
+            if found is None:
+                log.info("--resume auto: no checkpoint in %s, starting from step 0", self.store.folder)
+            return found
+        if resume:
+            if not Path(resume).is_file():
+                raise FileNotFoundError(f"--resume {resume}: no such checkpoint file")
+            return Path(resume), CheckpointStore.load(resume)
+        if self.store.steps():
+            raise FileExistsError(f"{self.store.folder} already holds checkpoints; continue with "
+                                  f"--resume auto or choose another --out-dir")
+        return None
+
+    def set_aside(self, step: int, reason: str) -> Optional[Path]:
+        """Move checkpoints and EMA exports of steps after ``step`` into ``ckpts/<reason>_after_step_<step>``."""
+        exports = [p for p in self.out.glob("ema_*.safetensors") if step_of(p) > step]
+        moved = self.store.set_aside(step, exports, reason)
+        if moved is not None:
+            log.warning("the checkpoints after step %d (%s) were moved to %s; they are neither pruned "
+                        "nor resumed from", step, ", ".join(sorted(p.name for p in moved.iterdir())), moved)
+        return moved
+
+    def prune_exports(self, step: int) -> None:
+        """Keep the EMA exports of the checkpoints kept (same rule as the store's pruning)."""
+        keep = max(self.store.keep_last, 2) if self.store.keep_last > 0 else 0
+        lineage = sorted(p for p in self.out.glob("ema_*.safetensors")
+                         if step_of(p) <= step and step_of(p) not in self.store.protected)
+        for old in lineage[:-keep] if keep > 0 else []:
+            old.unlink(missing_ok=True)
+
+
 # --------------------------------------------------------------------------------------------
 # Processes: torchrun's environment, seeds, weight hashes
 # --------------------------------------------------------------------------------------------
