@@ -12,6 +12,7 @@ the one at step ``k - 2`` or earlier.
 """
 from __future__ import annotations
 
+import math
 import signal
 import statistics
 import threading
@@ -64,7 +65,7 @@ class SpikeWatch:
         self.recent: deque[float] = deque(maxlen=window)
 
     def is_spike(self, loss: float) -> bool:
-        if not torch.isfinite(torch.tensor(loss)):
+        if not math.isfinite(loss):
             return False
         spike = self.factor > 0 and bool(self.recent) and loss > self.factor * statistics.median(self.recent)
         if not spike:
