@@ -110,17 +110,22 @@ class Trainer:
         files) into ``ckpts/rolled_back_after_step_<k>/``: this run's lineage is then the only
         one in ``ckpts/``, so pruning and a later ``--resume auto`` never mix two runs.
         """
-        found = None
+        found, error = None, None
         if self.dist.main:
-            for p in self.folder.remove_temp_files():
-                log.info("deleted %s, left by an interrupted write", p)
-            found = self.folder.resume_source(resume)
-            if found is not None:
-                self.folder.set_aside(found[1]["step"], "rolled_back")
+            try:
+                for p in self.folder.remove_temp_files():
+                    log.info("deleted %s, left by an interrupted write", p)
+                found = self.folder.resume_source(resume)
+                if found is not None:
+                    self.folder.set_aside(found[1]["step"], "rolled_back")
+            except (OSError, ValueError) as err:  # the other ranks must not wait at the barrier
+                error = err
         if self.dist.world > 1:
             dist.barrier()
             if not self.dist.main:
                 found = self.folder.resume_source(resume)
+        if error is not None:
+            raise error
         return found
 
     def _summary(self) -> None:
