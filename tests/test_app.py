@@ -246,11 +246,9 @@ def test_bad_settings_are_refused_with_a_message(tiny_restorer, tmp_path):
     assert str(tmp_path) not in str(caught.value), "no server path in messages"
 
 
-def test_whole_photo_with_the_demo_model_shows_the_faces(tmp_path):
-    restorer = app.Restorer(app.parse_args(["--cfg", "demo", "--device", "cpu"]))
+def test_a_whole_photo_shows_its_faces(tiny_restorer):
     photo = REPO / "examples" / "photos" / "group_00.jpg"
-    compare, samples, estimate, download, faces, note = _restore(restorer, photo, aligned=False, start_step=30,
-                                                                 upscale=1)
+    compare, samples, estimate, download, faces, note = _restore(tiny_restorer, photo, aligned=False, upscale=1)
     h, w = read_image(photo).shape[1:]
     size = (round(w * 512 / h), 512)  # the short side enlarged to 512, upscale 1
     assert read_image(download).shape[1:] == (size[1], size[0])
