@@ -31,7 +31,7 @@ from datapipe.image_io import ImageReadError, read_image, tensor_to_uint8  # noq
 from datapipe.jobs import PlanError, plan_jobs  # noqa: E402
 from models.checkpoint import WeightsError  # noqa: E402
 from models.difface import DifFace  # noqa: E402
-from models.pipeline import ConfigError, build_difface, correction, pick_device  # noqa: E402
+from models.pipeline import DEVICES, ConfigError, build_difface, correction, pick_device  # noqa: E402
 from models.samplers import SAMPLERS  # noqa: E402
 
 CLI_DEFAULTS = inference.parse_args(["-i", "-", "-o", "-"])  # the demo follows the CLI's defaults
@@ -46,7 +46,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 = every interface)")
     p.add_argument("--port", type=int, default=7860, help="port to listen on")
     p.add_argument("--cfg", default=inference.DEFAULT_CFG, help="model preset or YAML file, as inference.py's --cfg")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"), help="where to run")
+    p.add_argument("--device", default="auto", choices=DEVICES, help="where to run")
     p.add_argument("--weights-dir", default=None, help="where weight files are looked up (as inference.py)")
     p.add_argument("--no-download", dest="download", action="store_false", help="never download missing weights")
     p.add_argument("--max-pixels", type=float, default=CLI_DEFAULTS.max_pixels,
@@ -202,7 +202,7 @@ class Restorer:
         note = (f"{what}; {evals} network evaluations per face and sample; {seconds:.1f} s"
                 + ("" if estimate or not show_estimate else "; the estimator output is shown for aligned faces"))
         return ((np.asarray(before), restored[0]), samples, gr.update(value=estimate, visible=estimate is not None),
-                restored[0], faces, note)
+                restored[0], gr.update(value=faces, visible=not aligned), note)
 
 
 class _NoBar:
@@ -219,7 +219,8 @@ def build_app(restorer: Restorer) -> gr.Blocks:
                     f"faces) on {restorer.device}. Upload a face crop or a photo, then press *Restore*.")
         with gr.Row():
             with gr.Column():
-                upload = RawImage(label="input image", type="filepath", sources=["upload"], elem_id="input-image")
+                upload = RawImage(label="input image", type="filepath", sources=["upload"], height=320,
+                                  elem_id="input-image")
                 aligned = gr.Checkbox(label="aligned face crop (off: a whole photo, faces are detected)",
                                       value=False, elem_id="aligned")
                 start_step = gr.Slider(0, cfg.diffusion.steps - 1, value=cfg.sampling.start_step, step=1,
@@ -237,9 +238,10 @@ def build_app(restorer: Restorer) -> gr.Blocks:
                 compare = gr.ImageSlider(label="before / after", type="filepath", format="png", elem_id="compare")
                 note = gr.Markdown(elem_id="note")
                 download = gr.File(label="restored PNG", elem_id="download")
-                gallery = gr.Gallery(label="samples", columns=4, format="png", elem_id="samples")
+                gallery = gr.Gallery(label="samples", columns=4, height="auto", format="png", elem_id="samples")
                 estimate = gr.Image(label="estimator output f(y)", visible=False, format="png", elem_id="estimate")
-                faces = gr.Gallery(label="faces found (input, restored)", columns=4, format="png", elem_id="faces")
+                faces = gr.Gallery(label="faces found (input, restored)", columns=4, height="auto", format="png",
+                                   visible=False, elem_id="faces")
         button.click(restorer, [upload, aligned, start_step, steps, sampler, num_samples, seed, upscale, show_estimate],
                      [compare, gallery, estimate, download, faces, note])
     return demo

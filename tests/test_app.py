@@ -203,7 +203,7 @@ def test_handler_writes_the_bytes_the_command_line_writes(tiny_restorer, tiny_cf
     assert [Path(p).read_bytes() for p, _ in samples] == [(out / f"face_s{k}.png").read_bytes() for k in range(2)]
     assert Path(estimate["value"]).read_bytes() == (out / "estimates" / "face.png").read_bytes()
     assert Path(download).read_bytes() == (out / "face_s0.png").read_bytes()
-    assert compare[0].shape == (FACE_H, FACE_W, 3) and faces == []
+    assert compare[0].shape == (FACE_H, FACE_W, 3) and faces["visible"] is False
 
 
 def png_header(path: Path, side: int) -> Path:
@@ -253,7 +253,7 @@ def test_a_whole_photo_shows_its_faces(tiny_restorer):
     size = (round(w * 512 / h), 512)  # the short side enlarged to 512, upscale 1
     assert read_image(download).shape[1:] == (size[1], size[0])
     assert compare[0].shape[:2] == (size[1], size[0])
-    labels = [label for _, label in faces]
+    labels = [label for _, label in faces["value"]]
     assert len(labels) >= 4 and labels.count("face 00: input") == labels.count("face 00: restored") == 1
     assert "face(s) found" in note and estimate["visible"] is False
 
