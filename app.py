@@ -12,6 +12,7 @@ every bad upload gets a message in the page; only files the app itself wrote are
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import shutil
 import sys
@@ -102,6 +103,7 @@ class Restorer:
         self.device = pick_device(opts.device)
         self.base = build_difface(self.cfg, self.device, opts.weights_dir, opts.download)
         self.workdir = Path(tempfile.mkdtemp(prefix="difface-app-"))
+        atexit.register(shutil.rmtree, self.workdir, True)
 
     def cli_args(self, src: str, out: Path, extra: list[str]) -> argparse.Namespace:
         argv = ["-i", src, "-o", str(out), "--cfg", str(self.opts.cfg), "--device", self.opts.device,
@@ -118,21 +120,18 @@ class Restorer:
 
         The prior is wrapped to move the progress bar at every reverse step.
         """
-        count = [0]
-        base = self.base
+        s, base, calls = cfg.sampling, self.base, [0]
 
         def prior(x, t):
-            n = len(timesteps)
-            count[0] += 1
-            done, rnd = (count[0] - 1) % n + 1, (count[0] - 1) // n + 1
+            n = len(method.timesteps)
+            calls[0] += 1
+            done, rnd = (calls[0] - 1) % n + 1, (calls[0] - 1) // n + 1
             progress((done, n), desc=f"reverse step {done}/{n}" + (f" (pass {rnd})" if rnd > 1 else ""))
             return base.prior(x, t)
 
-        s = cfg.sampling
         method = DifFace(base.estimator, prior, base.schedule, image_size=cfg.image_size, start_step=s.start_step,
                          grid=s.grid, steps=s.steps, official_start=s.official_start, eta=s.eta, sampler=s.sampler,
                          dtype=cfg.dtype, correct_x0_factory=correction(cfg))
-        timesteps = method.timesteps
         return method
 
     def new_folder(self) -> Path:
@@ -214,7 +213,7 @@ class _NoBar:
 
 def build_app(restorer: Restorer) -> gr.Blocks:
     cfg = restorer.cfg
-    with gr.Blocks(title="DifFace") as demo:
+    with gr.Blocks(title="DifFace", delete_cache=(3600, 3600)) as demo:  # uploads and results live an hour
         gr.Markdown(f"# DifFace: blind face restoration\nModel: **{cfg.name}** ({cfg.image_size}x{cfg.image_size} "
                     f"faces) on {restorer.device}. Upload a face crop or a photo, then press *Restore*.")
         with gr.Row():
@@ -238,9 +237,9 @@ def build_app(restorer: Restorer) -> gr.Blocks:
                 compare = gr.ImageSlider(label="before / after", type="filepath", format="png", elem_id="compare")
                 note = gr.Markdown(elem_id="note")
                 download = gr.File(label="restored PNG", elem_id="download")
-                gallery = gr.Gallery(label="samples", columns=4, height="auto", format="png", elem_id="samples")
+                gallery = gr.Gallery(label="samples", columns=4, height=240, format="png", elem_id="samples")
                 estimate = gr.Image(label="estimator output f(y)", visible=False, format="png", elem_id="estimate")
-                faces = gr.Gallery(label="faces found (input, restored)", columns=4, height="auto", format="png",
+                faces = gr.Gallery(label="faces found (input, restored)", columns=4, height=300, format="png",
                                    visible=False, elem_id="faces")
         button.click(restorer, [upload, aligned, start_step, steps, sampler, num_samples, seed, upscale, show_estimate],
                      [compare, gallery, estimate, download, faces, note])

@@ -4,7 +4,8 @@ Aligned face crops (`--aligned`): every image gives `OUT/<stem>.png` (several sa
 `<stem>_s<k>.png`) of the input's size. Whole photos (default): faces are detected, aligned,
 restored and pasted back onto an upscaled background, `OUT/restored_image/<stem>.png`.
 A JSON manifest records the run. Bad files are reported by name and skipped; the exit code is
-1 when any file failed.
+1 when any file failed. Under `torchrun` each process takes a share of the inputs
+(`datapipe.shards`) and rank 0 writes the one manifest.
 """
 from __future__ import annotations
 
