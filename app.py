@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -62,27 +63,40 @@ class UploadError(ValueError):
     """An upload the demo does not take; the message is shown to the user."""
 
 
+def image_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) of an image file from its header, nothing decoded; None if not an image we know.
+
+    PIL refuses to open images far above its own limit; their pixel count is returned as (n, 1).
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:  # reads the header only
+                return im.size
+    except Image.DecompressionBombError as e:
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        return (int(found[1]) if found else 2 ** 40, 1)
+    except Exception:  # noqa: BLE001 - PIL raises several types for files it cannot identify
+        return None
+
+
 def check_upload(path: Path, max_pixels: float) -> tuple[int, int]:
-    """(width, height) of an uploaded image from its header, without decoding its pixels.
+    """(width, height) of an uploaded image, checked from its header before anything is decoded.
 
     Raises UploadError for an empty file, a non-image, and an image above `max_pixels`.
     """
     name = path.name
     if path.stat().st_size == 0:
         raise UploadError(f"{name}: the file is empty")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as im:  # reads the header only
-                width, height = im.size
-    except Image.DecompressionBombError:
-        raise UploadError(f"{name}: the image is far above this demo's limit of {max_pixels / 1e6:.1f} megapixels") from None
-    except Exception:  # noqa: BLE001 - PIL raises several types for files it cannot identify
-        raise UploadError(f"{name}: not an image file (PNG, JPEG, BMP, WebP or TIFF expected)") from None
-    if width * height > max_pixels:
-        raise UploadError(f"{name}: the image is {width}x{height} = {width * height / 1e6:.1f} megapixels, "
+    size = image_size(path)
+    if size is None:
+        raise UploadError(f"{name}: not an image file (PNG, JPEG, BMP, WebP or TIFF expected)")
+    w, h = size
+    if w * h > max_pixels:
+        shape = f"{w}x{h} = " if h > 1 else ""
+        raise UploadError(f"{name}: the image is {shape}{w * h / 1e6:.1f} megapixels, "
                           f"above this demo's limit of {max_pixels / 1e6:.1f}")
-    return width, height
+    return size
 
 
 class RawImage(gr.Image):
