@@ -43,20 +43,26 @@ START_STEP_HELP = ("Start step N (of 1000): the estimate is diffused to step N a
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="DifFace web demo (Gradio).",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 = every interface)")
-    p.add_argument("--port", type=int, default=7860, help="port to listen on")
-    p.add_argument("--cfg", default=inference.DEFAULT_CFG, help="model preset or YAML file, as inference.py's --cfg")
-    p.add_argument("--device", default="auto", choices=DEVICES, help="where to run")
-    p.add_argument("--weights-dir", default=None, help="where weight files are looked up (as inference.py)")
+    p = argparse.ArgumentParser(description="DifFace web demo (Gradio).")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 = every interface "
+                   "(default: %(default)s)")
+    p.add_argument("--port", type=int, default=7860, help="port to listen on (default: %(default)s)")
+    p.add_argument("--cfg", default=inference.DEFAULT_CFG,
+                   help="model preset or YAML file, as inference.py's --cfg (default: %(default)s)")
+    p.add_argument("--device", default="auto", choices=DEVICES, help="where to run (default: %(default)s)")
+    p.add_argument("--weights-dir", default=None, help="where weight files are looked up, as inference.py")
     p.add_argument("--no-download", dest="download", action="store_false", help="never download missing weights")
     p.add_argument("--max-pixels", type=float, default=CLI_DEFAULTS.max_pixels,
-                   help="larger images are refused (read from the file header, before decoding)")
-    p.add_argument("--max-file-mb", type=float, default=20.0, help="larger uploads are refused")
-    p.add_argument("--concurrency", type=int, default=1, help="restorations run at the same time")
-    p.add_argument("--queue-size", type=int, default=20, help="waiting requests beyond this are turned away")
-    return p.parse_args(argv)
+                   help="larger images are refused, from their header before decoding (default: %(default)g)")
+    p.add_argument("--max-file-mb", type=float, default=20.0, help="larger uploads are refused (default: %(default)g)")
+    p.add_argument("--concurrency", type=int, default=1,
+                   help="restorations run at the same time (default: %(default)s)")
+    p.add_argument("--queue-size", type=int, default=20,
+                   help="waiting requests beyond this are turned away (default: %(default)s)")
+    opts = p.parse_args(argv)
+    if opts.concurrency < 1 or opts.queue_size < 1 or opts.max_pixels <= 0 or opts.max_file_mb <= 0:
+        p.error("--concurrency, --queue-size, --max-pixels and --max-file-mb must be positive")
+    return opts
 
 
 class UploadError(ValueError):
