@@ -202,10 +202,11 @@ class Restorer:
 
     def outputs(self, src: Path, out: Path, job, aligned: bool, show_estimate: bool, seconds: float, evals: int):
         restored = [str(p) for p in job.outputs]
-        first = Image.open(restored[0])
+        with Image.open(restored[0]) as first:  # the header only
+            size = first.size
         before = Image.fromarray(tensor_to_uint8(read_image(src)))
-        if before.size != first.size:  # whole photo: the input enlarged like the background
-            before = before.resize(first.size, Image.LANCZOS)
+        if before.size != size:  # whole photo: the input enlarged like the background
+            before = before.resize(size, Image.LANCZOS)
         samples = [(p, f"sample {k}") for k, p in enumerate(restored)]
         faces = []
         for crop in sorted((out / "cropped_faces").glob("*.png")):
@@ -214,7 +215,7 @@ class Restorer:
                       for p in sorted((out / "restored_faces").glob(f"{crop.stem}*.png"))]
         estimate = str(job.estimate) if aligned and show_estimate and job.estimate else None
         if aligned:
-            what = f"{first.size[0]}x{first.size[1]} face"
+            what = f"{size[0]}x{size[1]} face"
         else:
             found = len(job.record.get("faces", []))
             what = f"{found} face(s) found" + ("" if found else ": the photo is only upscaled")
