@@ -73,21 +73,33 @@ def stop_app(proc: subprocess.Popen) -> None:
         proc.kill()
 
 
-def restore_in_page(page, url: str, image: Path, aligned: bool = True, samples: int = 1, estimate: bool = False):
-    """Open the app, upload `image`, press Restore and wait for the before/after image."""
+def set_number(page, elem_id: str, value: int) -> None:
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def restore_in_page(page, url: str, image: Path, aligned: bool = True, samples: int = 1, estimate: bool = False,
+                    steps: int = 0, watch_progress: bool = False):
+    """Open the app, upload `image`, press Restore and wait for the before/after image.
+
+    With `watch_progress`, also wait for the progress bar to report a reverse step.
+    """
     page.goto(url)
     page.wait_for_selector("#restore")
     page.locator("#input-image input[type=file]").set_input_files(str(image))
     if aligned:
         page.locator("#aligned input[type=checkbox]").check()
     if samples != 1:
-        number = page.locator("#num-samples input[type=number]")
-        number.fill(str(samples))
-        number.press("Enter")
+        set_number(page, "num-samples", samples)
+    if steps:
+        set_number(page, "steps", steps)
     if estimate:
         page.locator("#show-estimate input[type=checkbox]").check()
     page.wait_for_timeout(500)  # the upload reaches the server
     page.click("#restore")
+    if watch_progress:
+        page.locator("#compare").get_by_text("reverse step").first.wait_for(timeout=60_000)
     page.wait_for_function("document.querySelectorAll('#compare img').length >= 2 && "
                            "[...document.querySelectorAll('#compare img')].every(i => i.complete && i.naturalWidth)",
                            timeout=120_000)
@@ -128,7 +140,7 @@ def test_browser_restores_an_upload_and_reports_a_bad_one(tiny_app, playwright, 
     browser = launch_browser(playwright)
     try:
         page = browser.new_page()
-        restore_in_page(page, url, face)
+        restore_in_page(page, url, face, steps=250, watch_progress=True)  # 250 steps: long enough to see
         shown = {img.get_attribute("src").rsplit("/", 1)[-1]: img.evaluate("i => [i.naturalWidth, i.naturalHeight]")
                  for img in page.locator("#compare img").all()}
         assert shown["face.png"] == [FACE_W, FACE_H], shown  # the restored file, as shown in the page
