@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
+import io
 import os
 import re
 import shutil
@@ -105,13 +107,15 @@ def check_upload(path: Path, max_pixels: float) -> tuple[int, int]:
     return size
 
 
-class RawImage(gr.Image):
-    """An image upload handed over as the uploaded file's path, unopened: checks come first."""
+def raw_image_upload(**kwargs) -> gr.Image:
+    """An image input whose upload reaches the handler as the uploaded file's path, unopened.
 
-    is_template = True  # the front end of gr.Image
-
-    def preprocess(self, payload):
-        return None if payload is None else str(payload.path)
+    gr.Image would open the file with PIL before the handler runs; here the checks come first.
+    (Gradio has already made sure the path lies in its upload folder.)
+    """
+    image = gr.Image(type="filepath", **kwargs)
+    image.preprocess = lambda payload: None if payload is None else str(payload.path)
+    return image
 
 
 class Restorer:
@@ -126,11 +130,16 @@ class Restorer:
         atexit.register(shutil.rmtree, self.workdir, True)
 
     def cli_args(self, src: str, out: Path, extra: list[str]) -> argparse.Namespace:
+        """inference.py's own arguments for this request (the same parser, the same defaults)."""
         argv = ["-i", src, "-o", str(out), "--cfg", str(self.opts.cfg), "--device", self.opts.device,
                 "--max-pixels", str(self.opts.max_pixels)] + extra
         if self.opts.weights_dir:
             argv += ["--weights-dir", self.opts.weights_dir]
-        return inference.parse_args(argv)
+        try:
+            with contextlib.redirect_stderr(io.StringIO()) as err:
+                return inference.parse_args(argv)
+        except SystemExit:  # argparse refused a value; its last line says which
+            raise UploadError(err.getvalue().strip().splitlines()[-1].split("error: ", 1)[-1]) from None
 
     def resolve(self, extra: list[str]):
         return inference.resolve_config(self.cli_args("-", Path("-"), extra))
@@ -166,7 +175,7 @@ class Restorer:
         try:
             return self.restore(upload, aligned, start_step, steps, sampler, num_samples, seed, upscale,
                                 show_estimate, progress)
-        except (UploadError, ConfigError, PlanError, ValueError) as e:
+        except (UploadError, ConfigError, PlanError, ValueError, TypeError) as e:
             raise gr.Error(str(e), print_exception=False) from None
 
     def restore(self, upload, aligned, start_step, steps, sampler, num_samples, seed, upscale, show_estimate,
@@ -239,7 +248,7 @@ def build_app(restorer: Restorer) -> gr.Blocks:
                     f"faces) on {restorer.device}. Upload a face crop or a photo, then press *Restore*.")
         with gr.Row():
             with gr.Column():
-                upload = RawImage(label="input image", type="filepath", sources=["upload"], height=320,
+                upload = raw_image_upload(label="input image", sources=["upload"], height=320,
                                   elem_id="input-image")
                 aligned = gr.Checkbox(label="aligned face crop (off: a whole photo, faces are detected)",
                                       value=False, elem_id="aligned")

@@ -268,6 +268,8 @@ def test_bad_settings_are_refused_with_a_message(tiny_restorer, tmp_path):
     write_image(face, np.zeros((FACE_H, FACE_W, 3), np.uint8))
     with pytest.raises(gr.Error, match="cannot take 200 distinct steps below start step 100"):
         tiny_restorer(str(face), True, 100, 200, "ddim", 1, 0, 2, False, Bar())
+    with pytest.raises(gr.Error, match="argument --sampler: invalid choice: 'euler'"):
+        tiny_restorer(str(face), True, 100, 0, "euler", 1, 0, 2, False, Bar())
     with pytest.raises(gr.Error, match="samples 1-4"):
         tiny_restorer(str(face), True, 100, 0, "ddim", 50, 0, 2, False, Bar())
     small = tmp_path / "tiny.png"
