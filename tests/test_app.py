@@ -202,6 +202,24 @@ def test_uploads_above_the_size_limit_are_refused(tiny_app):
     assert status == 413 and "maximum allowed size of 1000000 bytes" in message
 
 
+def test_a_crafted_request_cannot_restore_a_server_file(tiny_app):
+    """A client naming a server path as its upload (here an image of the repository) is refused."""
+    import json
+    proc, url = tiny_app
+    server_image = sorted((REPO / "examples" / "faces").glob("*.png"))[0]
+    payload = {"data": [{"path": str(server_image), "meta": {"_type": "gradio.FileData"}}, True, 400, 0, "ddim",
+                        1, 12345, 2, False], "fn_index": 0, "session_hash": "crafted1"}
+    request = urllib.request.Request(f"{url}gradio_api/queue/join", data=json.dumps(payload).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as r:
+        assert r.status == 200
+    with urllib.request.urlopen(f"{url}gradio_api/queue/data?session_hash=crafted1", timeout=30) as r:
+        events = [json.loads(line[5:]) for line in r.read().decode().splitlines() if line.startswith("data:")]
+    done = [e for e in events if e.get("msg") == "process_completed"]
+    assert len(done) == 1 and done[0]["success"] is False, events
+    assert "file=" not in json.dumps(events) and server_image.name not in json.dumps(events)
+
+
 @pytest.fixture(scope="module")
 def tiny_restorer(tiny_cfg):
     return app.Restorer(app.parse_args(["--cfg", str(tiny_cfg), "--device", "cpu"]))
