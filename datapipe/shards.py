@@ -197,6 +197,8 @@ def run_sharded(run_fn: Callable[[list[Job]], dict], jobs: list[Job], out: Path,
                     job.record.update(input=str(job.source), outputs=[str(p) for p in job.outputs],
                                       status="failed", error=f"{job.source}: rank {rank.rank} failed: {e}")
         report(parts, rank.rank, mine)
+    failed = sum(j.record.get("status") == "failed" for j in mine)
+    print(f"rank {rank.rank}: {len(mine)} input(s), {failed} failed; reported", file=sys.stderr)
     if rank.rank != 0:
         return None
     merge(jobs, collect(parts, rank.world_size, timeout), rank.world_size, timeout)
