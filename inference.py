@@ -4,7 +4,8 @@ Aligned face crops (`--aligned`): every image gives `OUT/<stem>.png` (several sa
 `<stem>_s<k>.png`) of the input's size. Whole photos (default): faces are detected, aligned,
 restored and pasted back onto an upscaled background, `OUT/restored_image/<stem>.png`.
 A JSON manifest records the run. Bad files are reported by name and skipped; the exit code is
-1 when any file failed.
+1 when any file failed. Under `torchrun` each process takes a share of the inputs
+(`datapipe.shards`) and rank 0 writes the one manifest.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from datapipe.image_io import (ImageReadError, ImageWriteError, read_image, tens
 from datapipe.jobs import Job, PlanError, plan_jobs, sample_names
 from datapipe.masks import MaskError, check_mask, detect_black_holes, detect_white_scribbles, find_mask, read_mask
 from datapipe.photos import PhotoTooLarge, lanczos_background, restore_photo
+from datapipe.shards import Rank, run_sharded
 from models.checkpoint import WeightsError, default_weights_dir
 from models.difface import image_generator, resize, resize_mask
 from models.pipeline import DEVICES, ConfigError, build_difface, load_config, pick_device
@@ -73,6 +75,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "(default: $DIFFACE_WEIGHTS or ./weights)")
     r.add_argument("--no-download", dest="download", action="store_false",
                    help="never download missing weights")
+    r.add_argument("--rank-timeout", type=float, default=120.0,
+                   help="under torchrun: seconds rank 0 waits for a silent rank before marking its files failed")
     w = p.add_argument_group("whole photos (without --aligned)")
     w.add_argument("--detector", default="hog", choices=("hog", "cnn", "retinaface"),
                    help="face detector: dlib HOG or CNN (offline), or RetinaFace (needs facexlib)")
@@ -285,7 +289,7 @@ def save_faces(out: Path, job: Job, result, num_samples: int) -> None:
 
 def run(cfg, jobs: list[Job], args) -> dict:
     """Build the model once, stream the inputs, return the run summary."""
-    device = pick_device(cfg.device)
+    device = Rank.from_env().device(pick_device(cfg.device))  # cuda:LOCAL_RANK under torchrun
     log(f"DifFace: model '{cfg.name}' on {device} ({cfg.dtype}); N={cfg.sampling.start_step}, "
         f"eta={cfg.sampling.eta}, sampler={cfg.sampling.sampler}")
     method = build_difface(cfg, device, args.weights_dir, args.download)
@@ -344,10 +348,12 @@ def main(argv=None) -> int:
             print(f"{job.source} -> {', '.join(str(p) for p in job.outputs)}")
         return 0
     try:
-        summary = run(cfg, jobs, args)
+        summary = run_sharded(lambda share: run(cfg, share, args), jobs, out, summarise, args.rank_timeout)
     except (WeightsError, ConfigError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if summary is None:  # a rank other than 0 under torchrun: rank 0 writes the manifest
+        return 0
     manifest = write_manifest(out, cfg, jobs, summary)
     print(f"done {summary['done']}, no face {summary['no face']}, skipped {summary['skipped']}, "
           f"failed {summary['failed']}; {summary['seconds_per_image']} s per image; manifest: {manifest}",

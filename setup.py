@@ -1,7 +1,7 @@
 """Installable layout of the DifFace reference implementation.
 
-`pip install -e .` makes the packages `models`, `datapipe` and `metrics` and the two entry
-scripts importable; the dependencies are listed in requirements.txt (one place).
+`pip install -e .` makes the packages `models`, `datapipe` and `metrics` and the entry
+scripts (`inference`, `trainer`, `app`) importable; the dependencies are listed in requirements.txt (one place).
 """
 from pathlib import Path
 
@@ -22,7 +22,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=["models", "datapipe", "metrics", "training"],
-    py_modules=["inference", "trainer"],
+    py_modules=["inference", "trainer", "app"],
     install_requires=REQUIREMENTS,
     license="Non-commercial research (see README)",
 )

@@ -15,6 +15,7 @@ Reading rules (SPEC §2.4, with the official bugs fixed):
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import warnings
@@ -271,10 +272,16 @@ def write_image(path: PathLike, img: torch.Tensor | np.ndarray, jpeg_quality: in
         raise ImageWriteError(path, f"encoding failed: {err}") from None
     if not ok:
         raise ImageWriteError(path, "encoding failed")
+    # Written under a temporary name and renamed: an interrupted run never leaves a truncated
+    # file under the final name, which a re-run would take for a finished output.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(encoded.tobytes())
+        tmp.write_bytes(encoded.tobytes())
+        os.replace(tmp, path)
     except OSError as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
         raise ImageWriteError(path, err.strerror or str(err)) from None
     return path
 
