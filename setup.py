@@ -1,7 +1,8 @@
 """Installable layout of the DifFace reference implementation.
 
 `pip install -e .` makes the packages `models`, `datapipe` and `metrics` and the two entry
-scripts importable; the dependencies are listed in requirements.txt (one place).
+scripts importable, and installs the command `difface` (the same as `python inference.py`);
+the dependencies are listed in requirements.txt (one place).
 """
 from pathlib import Path
 
@@ -24,5 +25,6 @@ setup(
     packages=["models", "datapipe", "metrics", "training"],
     py_modules=["inference", "trainer"],
     install_requires=REQUIREMENTS,
+    entry_points={"console_scripts": ["difface = inference:main"]},
     license="Non-commercial research (see README)",
 )
