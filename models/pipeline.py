@@ -249,7 +249,7 @@ def locate_weights(cfg: InferenceConfig, weights_dir=None, download: bool = True
     missing = [REGISTRY[spec.weights] for spec, path in zip(specs, paths) if path is None]
     if missing:
         raise WeightsError(
-            f"'{cfg.name}' needs {len(missing)} weight file(s) that are not here: {reason}.\n"
+            f"'{cfg.name}' needs {len(missing)} weight file(s) that are not here ({reason.rstrip('.')})\n"
             f"{describe_missing(missing, weights_dir)}\n"
             f"Put the files at those paths by hand (or run `python scripts/download_weights.py` where there is "
             f"internet access), point --weights-dir or $DIFFACE_WEIGHTS at a folder holding them, or pass the "

@@ -240,3 +240,55 @@ def test_plan_rejects_unknown_extension(tmp_path):
     src = _faces(tmp_path / "in", ["a.png"])
     with pytest.raises(PlanError, match="allowed: auto, png, jpg"):
         plan_jobs(src, tmp_path / "o", False, 1, ext="gif")
+
+
+# ---- weights ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("download", [False, True])
+def test_offline_message_names_every_missing_file(tmp_path, capsys, download):
+    src = _faces(tmp_path / "in", ["a.png"])
+    out = tmp_path / "out"
+    cache = tmp_path / "weights-cache"  # $DIFFACE_WEIGHTS (the offline fixture); downloads hit a closed port
+    assert _run("-i", src, "-o", out, "--aligned", *([] if download else ["--no-download"])) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("error:") == 1
+    for name, size in (("swinir_restoration512_L1", 86), ("iddpm_ffhq512_ema500000", 610)):
+        assert f"{name}.pth (about {size} MiB)" in err
+        assert f"http://127.0.0.1:9/{name}.pth" in err
+    assert str(cache / "estimator" / "swinir_restoration512_L1.pth") in err
+    assert str(cache / "diffusion" / "iddpm_ffhq512_ema500000.pth") in err
+    assert "estimator.weights=" in err and "--cfg demo" in err
+    assert ("network error" in err) if download else ("downloading is off" in err)
+    assert not out.exists() and not cache.exists(), "no folders are left behind"
+
+
+def test_download_script_fetches_a_preset(tiny_cfg, tmp_path, monkeypatch, capsys):
+    import functools
+    import http.server
+    import threading
+
+    import yaml
+
+    from tests.test_checkpoint import QuietHandler
+    served = tmp_path / "served"
+    served.mkdir()
+    tiny = yaml.safe_load(tiny_cfg.read_text())
+    (served / "swinir_restoration512_L1.pth").write_bytes(Path(tiny["estimator"]["weights"]).read_bytes())
+    (served / "iddpm_ffhq512_ema500000.pth").write_bytes(Path(tiny["prior"]["weights"]).read_bytes())
+    tiny["estimator"]["weights"], tiny["prior"]["weights"] = "swinir_restoration512_L1", "iddpm_ffhq512_ema500000"
+    cfg = tmp_path / "registry.yaml"
+    cfg.write_text(yaml.safe_dump(tiny))
+    sys.path.insert(0, str(REPO / "scripts"))
+    import download_weights
+    weights = tmp_path / "w"
+    assert download_weights.main(["--preset", str(cfg), "--weights-dir", str(weights)]) == 2  # port 9: closed
+    assert "network error" in capsys.readouterr().err and not weights.exists()
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(served)))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("DIFFACE_WEIGHTS_URL_BASE", f"http://127.0.0.1:{httpd.server_address[1]}")
+        assert download_weights.main(["--preset", str(cfg), "--weights-dir", str(weights)]) == 0
+    finally:
+        httpd.shutdown()
+    assert (weights / "estimator" / "swinir_restoration512_L1.pth").is_file()
+    assert (weights / "diffusion" / "iddpm_ffhq512_ema500000.pth").is_file() and not list(weights.rglob("*.part"))
