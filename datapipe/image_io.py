@@ -32,7 +32,8 @@ from PIL import Image
 
 PathLike = Union[str, os.PathLike]
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif")
+WRITE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = WRITE_EXTENSIONS + (".gif",)  # read (first frame), never written
 GREY_TOLERANCE = 3 / 255  # largest channel spread of an image that counts as grey (JPEG rounding)
 
 # Decode with OpenCV keeping 16-bit samples; OpenCV applies the EXIF orientation and drops
@@ -311,7 +312,7 @@ def tensor_to_hwc(img: torch.Tensor, bgr: bool = False) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 def write_image(path: PathLike, img: torch.Tensor | np.ndarray, jpeg_quality: int = 95) -> Path:
-    """Write an image; the format follows the extension (see :data:`IMAGE_EXTENSIONS`).
+    """Write an image; the format follows the extension (see :data:`WRITE_EXTENSIONS`).
 
     Args:
         path: destination; parent folders are created. An existing file is overwritten
@@ -326,9 +327,9 @@ def write_image(path: PathLike, img: torch.Tensor | np.ndarray, jpeg_quality: in
         ImageWriteError: encoding or writing failed.
     """
     path = Path(path)
-    if not is_image_file(path):
+    if path.suffix.lower() not in WRITE_EXTENSIONS:
         raise ValueError(f"unknown image extension '{path.suffix}' for '{path}'; "
-                         f"allowed: {', '.join(IMAGE_EXTENSIONS)}")
+                         f"allowed: {', '.join(WRITE_EXTENSIONS)}")
     if isinstance(img, torch.Tensor):
         bgr = tensor_to_uint8(img, bgr=True)
     else:
