@@ -328,9 +328,9 @@ def run_photos(method, cfg, jobs, device, bar, args) -> None:
     """Whole photos: detect, align, restore, paste back; a photo without a face is only upscaled."""
     import numpy as np
 
-    from datapipe.faces import FaceDetector, upscale_lanczos
+    from datapipe.faces import FaceDetector
     from datapipe.image_io import tensor_to_uint8
-    from datapipe.photos import PhotoTooLarge, restore_photo
+    from datapipe.photos import PhotoTooLarge, restore_photo, side_by_side
     detector = FaceDetector(args.detector, score_threshold=args.det_threshold, min_face_size=args.min_face_size)
     background = background_upsampler(args, device)
     template = np.asarray(cfg.face.template, dtype=np.float32)
@@ -352,10 +352,7 @@ def run_photos(method, cfg, jobs, device, bar, args) -> None:
                 fail(job, f"{job.source}: {e}")
                 bar.update(1)
                 continue
-            cmp = None
-            if job.cmp is not None:
-                cmp = np.concatenate([upscale_lanczos(photo, args.upscale * result.enlarged_by)[
-                    :result.images[0].shape[0], :result.images[0].shape[1]], result.images[0]], axis=1)
+            cmp = side_by_side(photo, result.images[0]) if job.cmp is not None else None
             if write_all(job, result.images, cmp=cmp):
                 if args.save_faces:
                     save_faces(out, job, result, cfg.num_samples)

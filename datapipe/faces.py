@@ -459,7 +459,10 @@ def _blend_one(region: np.ndarray, crop: np.ndarray, inv: np.ndarray, upscale: f
     size = (region.shape[1], region.shape[0])
     face = cv2.warpAffine(crop, inv, size, flags=cv2.INTER_LINEAR).astype(np.float32)
     mask = cv2.warpAffine(np.ones(crop.shape[:2], np.float32), inv, size, flags=cv2.INTER_LINEAR)
-    k = max(1, int(2 * upscale))
+    # Erode past the bilinear ramp at the crop's edge: 2 canvas px per crop px (official: 2 * upscale),
+    # more when the crop is magnified beyond `upscale` (a small model's crop pasted into a large image).
+    magnification = float(np.sqrt(abs(np.linalg.det(inv[:, :2]))))
+    k = max(1, int(2 * max(upscale, magnification)))
     mask = cv2.erode(mask, np.ones((k, k), np.uint8))
     area = float(mask.sum())
     w_edge = int(area ** 0.5) // 20

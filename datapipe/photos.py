@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+import cv2
 import numpy as np
 import torch
 
@@ -70,6 +71,12 @@ class PhotoResult:
         if not (self.faces or self.kept):
             parts.append("no face found, the upscaled photo is written")
         return "; ".join(parts)
+
+
+def side_by_side(photo: np.ndarray, restored: np.ndarray) -> np.ndarray:
+    """The input photo resized (Lanczos) to the restored one's size, then both side by side (uint8 RGB)."""
+    h, w = restored.shape[:2]
+    return np.concatenate([cv2.resize(photo, (w, h), interpolation=cv2.INTER_LANCZOS4), restored], axis=1)
 
 
 def lanczos_background(img: np.ndarray, upscale: int) -> np.ndarray:
