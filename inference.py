@@ -254,7 +254,9 @@ def run_aligned(method, cfg, jobs, device, bar, args) -> None:
     framing = ModelFraming.of(cfg.image_size, cfg.face.template, cfg.face.template_size, cfg.face.border_value,
                               reframe=cfg.task != "inpainting")
     from datapipe.image_io import image_size
-    if note := framing.downscale_warning([image_size(j.source) for j in jobs], MAX_DOWNSCALE, cfg.name):
+    sizes = [image_size(job.source) for job in jobs]
+    sizes = [wh if wh and wh[0] * wh[1] <= args.max_pixels else None for wh in sizes]  # too large: refused
+    if note := framing.downscale_warning(sizes, MAX_DOWNSCALE, cfg.name):
         log(f"warning: {note}")
     for i in range(0, len(jobs), cfg.batch_size):
         batch = []

@@ -1,7 +1,6 @@
 """Faces are framed as each model was trained, never silently degraded, and grey stays grey."""
 import json
 import shutil
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -11,7 +10,7 @@ import torch
 from datapipe.aligned import ModelFraming
 from datapipe.faces import (FFHQ_TEMPLATE_512, FaceDetector, estimate_similarity, ffhq_quad_affine,
                             inverse_affine, is_ffhq_template, transform_points, upscale_lanczos)
-from datapipe.image_io import read_image, tensor_to_uint8, uint8_to_tensor, write_image
+from datapipe.image_io import read_image, tensor_to_uint8, write_image
 from models.pipeline import load_config
 from tests.test_inference import REPO, _faces, _run, offline  # noqa: F401  (autouse fixture)
 

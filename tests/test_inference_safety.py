@@ -90,7 +90,8 @@ def _png_bomb(path: Path, side: int = 16000) -> Path:
         parts.append(comp.compress(row))
     parts.append(comp.flush())
     ihdr = side.to_bytes(4, "big") * 2 + bytes([8, 0, 0, 0, 0])
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b""))
+    body = chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b"")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + body)
     return path
 
 
