@@ -19,7 +19,8 @@ import time
 import warnings
 from pathlib import Path
 
-PRESET_DIR = Path(__file__).resolve().parent / "configs" / "inference"
+from cli_help import HelpFormatter, at_least, positive, preset_table
+
 DEFAULT_CFG = "difface_ffhq512"  # the paper's model; the bundled demonstration: --cfg demo
 INPAINT_CFG = "inpaint_ffhq256"
 MIN_FACE_SIDE = 32  # smaller aligned inputs cannot hold a face worth restoring
@@ -30,52 +31,10 @@ MAX_DOWNSCALE = 1.5  # inputs larger than this times the model size lose detail 
 # Command line (no torch here: --help and argument errors answer at once)
 # --------------------------------------------------------------------------------------------
 
-class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults shown where there is one (no '(default: None)'); the epilog keeps its layout."""
-
-    def _get_help_string(self, action):
-        if action.default is None or isinstance(action.default, bool):
-            return action.help
-        return super()._get_help_string(action)
-
-
-def _count(minimum: int):
-    def parse(text: str) -> int:
-        value = int(text)
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {value}")
-        return value
-    parse.__name__ = f"integer >= {minimum}"
-    return parse
-
-
-def _positive(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
-def preset_table() -> str:
-    """Each preset's own defaults, read from its YAML (what --start-step etc. default to)."""
-    import yaml
-    lines = ["presets (--cfg NAME) and their defaults:"]
-    for path in sorted(PRESET_DIR.glob("*.yaml")):
-        try:
-            cfg = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError):
-            continue
-        s = cfg.get("sampling") or {}
-        lines.append(f"  {path.stem:<22} {cfg.get('task', 'restoration')}, {cfg.get('image_size', '?')} px, "
-                     f"N={s.get('start_step', '?')}, grid {s.get('grid', '?')}, steps {s.get('steps') or 'grid'}, "
-                     f"eta {s.get('eta', '?')}, sampler {s.get('sampler', '?')}")
-    return "\n".join(lines + ["demo is a 64 px demonstration of the pipeline that runs offline, not a restorer."])
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="difface", description="Blind face restoration with DifFace (diffused error contraction).",
-        formatter_class=_Help, epilog=preset_table())
+        formatter_class=HelpFormatter, epilog=preset_table())
     p.add_argument("-i", "--input", required=True, help="an image file or a folder of images")
     p.add_argument("-o", "--output", required=True, help="output folder (created if needed)")
     p.add_argument("--aligned", action="store_true",
@@ -89,17 +48,17 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="restoration, or inpainting of masked aligned faces (default: the config's task)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. sampling.eta=1.0")
     g = p.add_argument_group("sampling (default: the preset's value, see below)")
-    g.add_argument("--start-step", type=_count(0), metavar="N",
+    g.add_argument("--start-step", type=at_least(0), metavar="N",
                    help="base step (of 1000) the estimate is diffused to; 0 = the estimator alone")
-    g.add_argument("--steps", type=_count(1), help="number of network evaluations from N down to 0")
+    g.add_argument("--steps", type=at_least(1), help="number of network evaluations from N down to 0")
     g.add_argument("--textbook-start", action="store_true",
                    help="first network call at N itself (the official code starts one grid point lower)")
     g.add_argument("--eta", type=float, help="DDIM eta (0 = deterministic)")
     g.add_argument("--sampler", metavar="NAME", help="reverse-process sampler, a name of models.samplers.SAMPLERS")
-    g.add_argument("--num-samples", type=_count(1), help="restorations per input, from different noise")
+    g.add_argument("--num-samples", type=at_least(1), help="restorations per input, from different noise")
     g.add_argument("--seed", type=int, help="random seed (each image gets its own stream)")
     r = p.add_argument_group("running")
-    r.add_argument("--batch-size", type=_count(1), help="faces restored together")
+    r.add_argument("--batch-size", type=at_least(1), help="faces restored together")
     r.add_argument("--device", metavar="NAME", help="auto, cpu, cuda or mps")
     r.add_argument("--dtype", metavar="NAME",
                    help="network precision fp32, fp16 or bf16 (falls back to fp32 where it would be slow)")
@@ -107,7 +66,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="where weight files are looked up and downloaded to (else $DIFFACE_WEIGHTS, else "
                         "$XDG_CACHE_HOME/difface or ~/.cache/difface; the repository's weights/ is also searched)")
     r.add_argument("--no-download", dest="download", action="store_false", help="never download missing weights")
-    r.add_argument("--max-pixels", type=_positive, default=40_000_000,
+    r.add_argument("--max-pixels", type=positive, default=40_000_000,
                    help="larger images are refused from their header, before decoding")
     w = p.add_argument_group("whole photos (without --aligned)")
     w.add_argument("--detector", default="hog", choices=("hog", "cnn", "retinaface"),
@@ -119,12 +78,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     w.add_argument("--allow-downscale", action="store_true",
                    help=f"also restore faces larger than {MAX_DOWNSCALE}x the model size (they lose detail); "
                         "by default they are left as they are and reported")
-    w.add_argument("-s", "--upscale", type=_count(1), default=2, help="output size factor of the whole photo")
+    w.add_argument("-s", "--upscale", type=at_least(1), default=2, help="output size factor of the whole photo")
     w.add_argument("--bg-upsampler", default="lanczos", choices=("lanczos", "realesrgan"),
                    help="background upsampling")
     w.add_argument("--bg-weights", default=None,
                    help="Real-ESRGAN weights: a file or RealESRGAN_x2plus / RealESRGAN_x4plus")
-    w.add_argument("--bg-tile", type=_count(0), default=400, help="Real-ESRGAN tile size in pixels (0 = no tiling)")
+    w.add_argument("--bg-tile", type=at_least(0), default=400, help="Real-ESRGAN tile size in pixels (0 = no tiling)")
     w.add_argument("--draw-box", action="store_true", help="outline each restored face in green")
     w.add_argument("--save-faces", action="store_true",
                    help="also write the aligned LQ crops and restored crops of every face")

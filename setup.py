@@ -23,7 +23,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=["models", "datapipe", "metrics", "training"],
-    py_modules=["inference", "trainer"],
+    py_modules=["inference", "trainer", "cli_help"],
     install_requires=REQUIREMENTS,
     entry_points={"console_scripts": ["difface = inference:main"]},
     license="Non-commercial research (see README)",

@@ -293,3 +293,26 @@ def test_download_script_fetches_a_preset(tiny_cfg, tmp_path, monkeypatch, capsy
         httpd.shutdown()
     assert (weights / "estimator" / "swinir_restoration512_L1.pth").is_file()
     assert (weights / "diffusion" / "iddpm_ffhq512_ema500000.pth").is_file() and not list(weights.rglob("*.part"))
+
+
+def test_summary_without_any_finished_image_prints_no_timing(tiny_cfg, tmp_path, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "notes.png").write_text("not an image")
+    assert _run("-i", src, "-o", tmp_path / "o", "--aligned", "--cfg", tiny_cfg) == 1
+    err = capsys.readouterr().err
+    assert "failed 1" in err and "None" not in err and "s per image" not in err
+
+
+def test_only_center_face_and_upscale_alias(tiny_cfg, tmp_path, shared_data):
+    import shutil
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(shared_data / "lq_whole" / "codeformer_whole_imgs" / "00.jpg", src)  # four people
+    out = tmp_path / "out"
+    assert _run("-i", src, "-o", out, "--cfg", tiny_cfg, "--allow-downscale", "--only-center-face", "-s", 1) == 0
+    record = _manifest(out)["images"][0]
+    assert len(record["faces"]) == 1
+    x0, _, x1, _ = record["faces"][0]["box"]
+    assert abs((x0 + x1) / 2 - 491 / 2) < 80, "the face nearest the centre"
+    assert read_image(out / "restored_image" / "00.png").shape[-2:] == (512, round(491 * 512 / 310))
