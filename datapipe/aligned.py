@@ -68,10 +68,10 @@ class ModelFraming:
         large = [s for s in sides if s > limit * self.size]
         if not large:
             return None
-        return (f"{len(large)} of {len(sizes)} input(s) hold a face of up to {max(large):.0f} px, larger than the "
-                f"{self.size} px that '{name}' works at: they are restored at {self.size} px and resized back, so "
-                f"detail finer than that is lost" + (" (a demonstration model; the paper's: --cfg difface_ffhq512)"
-                                                     if self.size < 256 else ""))
+        return (f"{len(large)} of {len(sizes)} input(s) hold a face larger than {limit}x the {self.size} px that "
+                f"'{name}' works at (up to {max(large):.0f} px): they are restored at {self.size} px and resized back, "
+                f"so detail finer than that is lost" + (" (a demonstration model; the paper's: --cfg difface_ffhq512)"
+                                                        if self.size < 256 else ""))
 
     def to_model(self, img: torch.Tensor) -> tuple[torch.Tensor, np.ndarray | None]:
         """(3, H, W) input -> ((3, S, S) model input, affine or None)."""

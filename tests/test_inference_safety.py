@@ -310,9 +310,12 @@ def test_only_center_face_and_upscale_alias(tiny_cfg, tmp_path, shared_data):
     src.mkdir()
     shutil.copy(shared_data / "lq_whole" / "codeformer_whole_imgs" / "00.jpg", src)  # four people
     out = tmp_path / "out"
-    assert _run("-i", src, "-o", out, "--cfg", tiny_cfg, "--allow-downscale", "--only-center-face", "-s", 1) == 0
+    assert _run("-i", src, "-o", out, "--cfg", tiny_cfg, "--allow-downscale", "--only-center-face", "-s", 1,
+                "--save-cmp") == 0
     record = _manifest(out)["images"][0]
     assert len(record["faces"]) == 1
     x0, _, x1, _ = record["faces"][0]["box"]
     assert abs((x0 + x1) / 2 - 491 / 2) < 80, "the face nearest the centre"
-    assert read_image(out / "restored_image" / "00.png").shape[-2:] == (512, round(491 * 512 / 310))
+    size = (512, round(491 * 512 / 310))
+    assert read_image(out / "restored_image" / "00.png").shape[-2:] == size
+    assert read_image(out / "cmp" / "00.png").shape[-2:] == (size[0], 2 * size[1])
