@@ -33,7 +33,7 @@ MAX_DOWNSCALE = 1.5  # inputs larger than this times the model size lose detail 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="difface", description="Blind face restoration with DifFace (diffused error contraction).",
+        description="Blind face restoration with DifFace (diffused error contraction).",
         formatter_class=HelpFormatter, epilog=preset_table())
     p.add_argument("-i", "--input", required=True, help="an image file or a folder of images")
     p.add_argument("-o", "--output", required=True, help="output folder (created if needed)")
