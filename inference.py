@@ -1,95 +1,93 @@
-"""Restore faces with DifFace: `python inference.py -i INPUT -o OUT_DIR [options]`.
+"""Restore faces with DifFace: `python inference.py -i INPUT -o OUT_DIR [options]` (or `difface ...`).
 
-Aligned face crops (`--aligned`): every image gives `OUT/<stem>.png` (several samples:
-`<stem>_s<k>.png`) of the input's size. Whole photos (default): faces are detected, aligned,
-restored and pasted back onto an upscaled background, `OUT/restored_image/<stem>.png`.
+The default model is the paper's (`difface_ffhq512`), its weights fetched on first use into the
+weights folder (`--weights-dir`, else $DIFFACE_WEIGHTS, else ~/.cache/difface).
+Aligned face crops (`--aligned`, FFHQ framing): every image gives `OUT/<stem>.png` (several
+samples: `<stem>_s<k>.png`) of the input's size. Whole photos (default): faces are detected,
+aligned, restored and pasted back onto an upscaled background, `OUT/restored_image/<stem>.png`.
 A JSON manifest records the run. Bad files are reported by name and skipped; the exit code is
-1 when any file failed. Under `torchrun` each process takes a share of the inputs
-(`datapipe.shards`) and rank 0 writes the one manifest.
+1 when any file failed, 2 for a usage error. torch is imported only once the arguments are valid.
+Under `torchrun` each process takes a share of the inputs (`datapipe.shards`) and rank 0 writes
+the one manifest.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
 import warnings
 from pathlib import Path
 
-import numpy as np
-import torch
-from omegaconf import OmegaConf
-from tqdm import tqdm
+from cli_help import HelpFormatter, at_least, positive, preset_table
 
-from datapipe.faces import FaceDetector, upscale_lanczos
-from datapipe.image_io import (ImageReadError, ImageWriteError, read_image, tensor_to_uint8, uint8_to_tensor,
-                               write_image)
-from datapipe.jobs import Job, PlanError, plan_jobs, sample_names
-from datapipe.masks import MaskError, check_mask, detect_black_holes, detect_white_scribbles, find_mask, read_mask
-from datapipe.photos import PhotoTooLarge, lanczos_background, restore_photo
-from datapipe.shards import Rank, run_sharded
-from models.checkpoint import WeightsError, default_weights_dir
-from models.difface import image_generator, resize, resize_mask
-from models.pipeline import DEVICES, ConfigError, build_difface, load_config, pick_device
-
-MIN_FACE_SIDE = 32  # smaller inputs cannot hold a face worth restoring
-DEFAULT_CFG = "demo"  # the bundled model; the paper's: --cfg difface_ffhq512
+DEFAULT_CFG = "difface_ffhq512"  # the paper's model; the bundled demonstration: --cfg demo
 INPAINT_CFG = "inpaint_ffhq256"
+MIN_FACE_SIDE = 32  # smaller aligned inputs cannot hold a face worth restoring
+MAX_DOWNSCALE = 1.5  # inputs larger than this times the model size lose detail (see datapipe.photos)
 
 
 # --------------------------------------------------------------------------------------------
-# Command line
+# Command line (no torch here: --help and argument errors answer at once)
 # --------------------------------------------------------------------------------------------
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description="Blind face restoration with DifFace (diffused error contraction).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter, epilog=preset_table())
     p.add_argument("-i", "--input", required=True, help="an image file or a folder of images")
     p.add_argument("-o", "--output", required=True, help="output folder (created if needed)")
     p.add_argument("--aligned", action="store_true",
-                   help="inputs are aligned face crops (FFHQ-style); without it, whole photos")
+                   help="inputs are aligned face crops in the FFHQ convention (eyes and mouth where FFHQ's "
+                        "crops have them, any square size); without it, whole photos")
     p.add_argument("--recursive", action="store_true", help="also read sub-folders, mirrored in the output")
     p.add_argument("--cfg", default=None,
-                   help=f"a preset of configs/inference/ (name without .yaml) or a YAML file "
-                        f"(default: {DEFAULT_CFG}, or {INPAINT_CFG} with --task inpainting)")
+                   help=f"a preset (below) or a YAML file (default: {DEFAULT_CFG}, the paper's model; "
+                        f"{INPAINT_CFG} with --task inpainting)")
     p.add_argument("--task", choices=("restoration", "inpainting"), default=None,
                    help="restoration, or inpainting of masked aligned faces (default: the config's task)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. sampling.eta=1.0")
-    g = p.add_argument_group("sampling (override the config)")
-    g.add_argument("--start-step", type=int, help="N: base step (of 1000) the estimate is diffused to")
-    g.add_argument("--steps", type=int, help="number of network evaluations from N down to 0 "
-                   "(default: the config's grid, 100 for N=400)")
+    g = p.add_argument_group("sampling (default: the preset's value, see below)")
+    g.add_argument("--start-step", type=at_least(0), metavar="N",
+                   help="base step (of 1000) the estimate is diffused to; 0 = the estimator alone")
+    g.add_argument("--steps", type=at_least(1), help="number of network evaluations from N down to 0")
     g.add_argument("--textbook-start", action="store_true",
                    help="first network call at N itself (the official code starts one grid point lower)")
     g.add_argument("--eta", type=float, help="DDIM eta (0 = deterministic)")
-    g.add_argument("--sampler", choices=("ddim", "ddpm"), help="reverse-process sampler")
-    g.add_argument("--num-samples", type=int, help="restorations per input, from different noise")
+    g.add_argument("--sampler", metavar="NAME", help="reverse-process sampler, a name of models.samplers.SAMPLERS")
+    g.add_argument("--num-samples", type=at_least(1), help="restorations per input, from different noise")
     g.add_argument("--seed", type=int, help="random seed (each image gets its own stream)")
     r = p.add_argument_group("running")
-    r.add_argument("--batch-size", type=int, help="faces restored together")
-    r.add_argument("--device", choices=DEVICES, help="where to run")
-    r.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), help="network precision")
-    r.add_argument("--weights-dir", default=None, help="where weight files are looked up "
-                   "(default: $DIFFACE_WEIGHTS or ./weights)")
-    r.add_argument("--no-download", dest="download", action="store_false",
-                   help="never download missing weights")
-    r.add_argument("--rank-timeout", type=float, default=120.0,
+    r.add_argument("--batch-size", type=at_least(1), help="faces restored together")
+    r.add_argument("--device", metavar="NAME", help="auto, cpu, cuda or mps")
+    r.add_argument("--dtype", metavar="NAME",
+                   help="network precision fp32, fp16 or bf16 (falls back to fp32 where it would be slow)")
+    r.add_argument("--weights-dir", default=None,
+                   help="where weight files are looked up and downloaded to (else $DIFFACE_WEIGHTS, else "
+                        "$XDG_CACHE_HOME/difface or ~/.cache/difface; the repository's weights/ is also searched)")
+    r.add_argument("--no-download", dest="download", action="store_false", help="never download missing weights")
+    r.add_argument("--max-pixels", type=positive, default=40_000_000,
+                   help="larger images are refused from their header, before decoding")
+    r.add_argument("--rank-timeout", type=positive, default=120.0,
                    help="under torchrun: seconds rank 0 waits for a silent rank before marking its files failed")
     w = p.add_argument_group("whole photos (without --aligned)")
     w.add_argument("--detector", default="hog", choices=("hog", "cnn", "retinaface"),
                    help="face detector: dlib HOG or CNN (offline), or RetinaFace (needs facexlib)")
     w.add_argument("--det-threshold", type=float, default=None,
-                   help="detector score threshold (default: hog -0.3, cnn 0.0, retinaface 0.8)")
+                   help="detector score threshold (hog -0.3, cnn 0.0, retinaface 0.8)")
     w.add_argument("--min-face-size", type=float, default=16.0, help="smaller faces (px) are skipped")
-    w.add_argument("--upscale", type=int, default=2, help="output size factor of the whole photo")
+    w.add_argument("--only-center-face", action="store_true", help="restore only the face nearest the centre")
+    w.add_argument("--allow-downscale", action="store_true",
+                   help=f"also restore faces larger than {MAX_DOWNSCALE}x the model size (they lose detail); "
+                        "by default they are left as they are and reported")
+    w.add_argument("-s", "--upscale", type=at_least(1), default=2, help="output size factor of the whole photo")
     w.add_argument("--bg-upsampler", default="lanczos", choices=("lanczos", "realesrgan"),
                    help="background upsampling")
     w.add_argument("--bg-weights", default=None,
                    help="Real-ESRGAN weights: a file or RealESRGAN_x2plus / RealESRGAN_x4plus")
-    w.add_argument("--bg-tile", type=int, default=400, help="Real-ESRGAN tile size in pixels (0 = no tiling)")
-    w.add_argument("--max-pixels", type=float, default=40e6, help="larger photos are refused")
+    w.add_argument("--bg-tile", type=at_least(0), default=400, help="Real-ESRGAN tile size in pixels (0 = no tiling)")
     w.add_argument("--draw-box", action="store_true", help="outline each restored face in green")
     w.add_argument("--save-faces", action="store_true",
                    help="also write the aligned LQ crops and restored crops of every face")
@@ -99,8 +97,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     m.add_argument("--mask-style", choices=("black", "white"), default="black",
                    help="holes in the image itself: exactly black pixels (official) or white scribbles")
     o = p.add_argument_group("outputs")
+    o.add_argument("--ext", choices=("auto", "png", "jpg"), default="png",
+                   help="output format; auto = jpg for JPEG inputs, png otherwise")
+    o.add_argument("--save-cmp", action="store_true", help="also write input | restored side by side to OUT/cmp/")
     o.add_argument("--save-estimate", action="store_true",
-                   help="also write the estimator output f(y) to OUT/estimates/")
+                   help="also write the estimator output f(y) to OUT/estimates/ (aligned faces)")
     o.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     o.add_argument("--dry-run", action="store_true",
                    help="print the resolved config and the planned files; run nothing")
@@ -109,6 +110,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def resolve_config(args: argparse.Namespace):
     """The config with the CLI's explicit options applied as overrides."""
+    from models.pipeline import load_config
+
     flags = {"sampling.start_step": args.start_step, "sampling.steps": args.steps,
              "sampling.eta": args.eta, "sampling.sampler": args.sampler,
              "num_samples": args.num_samples, "seed": args.seed, "batch_size": args.batch_size,
@@ -124,35 +127,129 @@ def resolve_config(args: argparse.Namespace):
 # --------------------------------------------------------------------------------------------
 
 def log(msg: str) -> None:
+    from tqdm import tqdm
     tqdm.write(msg, file=sys.stderr)
 
 
-def fail(job: Job, error: str) -> None:
+def fail(job, error: str) -> None:
     job.record.update(status="failed", error=error)
     log(f"error: {error}")
 
 
-def read(job: Job) -> torch.Tensor | None:
+def read(job, args):
     """The input as (3, H, W) RGB [0,1], warnings relayed; None (job failed) for a bad file."""
+    from datapipe.image_io import ImageReadError, is_grey, read_image
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            img = read_image(job.source)
+            img = read_image(job.source, max_pixels=args.max_pixels)
         for w in caught:
             log(f"warning: {w.message}")
     except ImageReadError as e:
         fail(job, str(e))
         return None
     h, w = img.shape[-2:]
-    job.record["size"] = [w, h]
+    job.record.update(size=[w, h], grey=is_grey(img))
     if min(h, w) < MIN_FACE_SIDE and job.record.get("aligned"):
         fail(job, f"{job.source}: image is {w}x{h}, too small to be a face (at least {MIN_FACE_SIDE}x{MIN_FACE_SIDE})")
         return None
     return img
 
 
-def read_mask_of(job: Job, img: torch.Tensor, args) -> torch.Tensor | None:
+def write_all(job, images: list, estimate=None, cmp=None) -> bool:
+    """Write a job's outputs ((3,H,W) tensors or HxWx3 uint8), in grey for a grey input; False on failure."""
+    from datapipe.image_io import ImageWriteError, to_grey, uint8_to_tensor, write_image
+
+    def prepared(image):
+        if not job.record.get("grey"):
+            return image
+        return to_grey(uint8_to_tensor(image) if not hasattr(image, "dim") else image)
+
+    try:
+        for path, image in zip(job.outputs, images * len(job.outputs) if len(images) == 1 else images):
+            write_image(path, prepared(image))
+        for path, image in ((job.estimate, estimate), (job.cmp, cmp)):
+            if path is not None and image is not None:
+                write_image(path, prepared(image))
+        return True
+    except ImageWriteError as e:
+        fail(job, str(e))
+        return False
+
+
+def restore_crops(method, cfg, crops, keys, device, masks=None):
+    """Restore (N, 3, S, S) model-size faces in batches; one generator per (seed, key, sample).
+
+    The estimate f(y) is computed once per face and shared by its samples. masks: (N, 1, S, S),
+    1 = hole, for inpainting. Returns ([samples] each (N, 3, S, S) on the CPU, estimates (N, 3, S, S)).
+    """
+    import torch
+
+    from models.difface import image_generator
+    samples = [[] for _ in range(cfg.num_samples)]
+    estimates = []
+    for i in range(0, len(crops), cfg.batch_size):
+        y = crops[i:i + cfg.batch_size].to(device)
+        mask = masks[i:i + cfg.batch_size].to(device) if masks is not None else None
+        batch_keys = keys[i:i + cfg.batch_size]
+        estimate = None
+        for k in range(cfg.num_samples):
+            result = method.restore(y, generator=[image_generator(cfg.seed, key, k) for key in batch_keys],
+                                    mask=mask, estimate=estimate)
+            samples[k].append(result.sample.cpu())
+            if estimate is None:
+                estimate = result.estimate
+                estimates.append(estimate.cpu())
+    return [torch.cat(s) for s in samples], torch.cat(estimates)
+
+
+def run_aligned(method, cfg, jobs, device, bar, args) -> None:
+    """Aligned crops (FFHQ framing) -> the model's framing at its size S -> restored -> back.
+
+    An FFHQ-template model sees the crop resized to S; another framing (the demo's tight crops)
+    gets the crop warped onto its template and the result pasted back into the input.
+    Inpainting: the known pixels of the input are put back at the input's own resolution.
+    """
+    import torch
+
+    from datapipe.aligned import ModelFraming
+    from models.difface import resize_mask
+    framing = ModelFraming.of(cfg.image_size, cfg.face.template, cfg.face.template_size, cfg.face.border_value,
+                              reframe=cfg.task != "inpainting")
+    from datapipe.image_io import image_size
+    sizes = [image_size(job.source) for job in jobs]
+    sizes = [wh if wh and wh[0] * wh[1] <= args.max_pixels else None for wh in sizes]  # too large: refused
+    if note := framing.downscale_warning(sizes, MAX_DOWNSCALE, cfg.name):
+        log(f"warning: {note}")
+    for i in range(0, len(jobs), cfg.batch_size):
+        batch = []
+        for job in jobs[i:i + cfg.batch_size]:
+            if (img := read(job, args)) is None:
+                continue
+            mask = read_mask_of(job, img, args) if cfg.task == "inpainting" else None
+            if cfg.task == "inpainting" and mask is None:
+                continue
+            batch.append((job, img, mask, framing.to_model(img)))
+        if batch:
+            start = time.perf_counter()
+            masks = None if cfg.task != "inpainting" else torch.stack(
+                [resize_mask(m[None], (cfg.image_size,) * 2)[0] for _, _, m, _ in batch])
+            samples, estimates = restore_crops(method, cfg, torch.stack([c for *_, (c, _) in batch]),
+                                               [j.key for j, *_ in batch], device, masks)
+            seconds = (time.perf_counter() - start) / len(batch)
+            for n, (job, img, mask, (_, affine)) in enumerate(batch):
+                outs = [framing.from_model(s[n], img, affine, mask) for s in samples]
+                estimate = framing.from_model(estimates[n], img, affine) if job.estimate else None
+                cmp = torch.cat([img, outs[0]], dim=2) if job.cmp else None
+                if write_all(job, outs, estimate, cmp):
+                    job.record.update(status="done", seconds=round(seconds, 3))
+        bar.update(len(jobs[i:i + cfg.batch_size]))
+
+
+def read_mask_of(job, img, args):
     """The hole mask (1, H, W) of an inpainting input (1 = hole); None (job failed) when unusable."""
+    from datapipe.image_io import ImageReadError
+    from datapipe.masks import MaskError, check_mask, detect_black_holes, detect_white_scribbles, find_mask, read_mask
     try:
         if args.mask:
             mask = read_mask(find_mask(job.source, Path(args.mask)))
@@ -167,71 +264,13 @@ def read_mask_of(job: Job, img: torch.Tensor, args) -> torch.Tensor | None:
         return None
 
 
-def restore_crops(method, cfg, crops: torch.Tensor, keys, device, masks: torch.Tensor | None = None):
-    """Restore (N, 3, S, S) model-size faces in batches; one generator per (seed, key, sample).
-
-    masks: (N, 1, S, S), 1 = hole, for inpainting. Returns ([samples] each (N, 3, S, S) on the
-    CPU, estimates (N, 3, S, S)).
-    """
-    samples = [[] for _ in range(cfg.num_samples)]
-    estimates = []
-    for i in range(0, len(crops), cfg.batch_size):
-        y = crops[i:i + cfg.batch_size].to(device)
-        mask = masks[i:i + cfg.batch_size].to(device) if masks is not None else None
-        batch_keys = keys[i:i + cfg.batch_size]
-        for k in range(cfg.num_samples):
-            result = method.restore(y, generator=[image_generator(cfg.seed, key, k) for key in batch_keys],
-                                    mask=mask)
-            samples[k].append(result.sample.cpu())
-            if k == 0:
-                estimates.append(result.estimate.cpu())
-    return [torch.cat(s) for s in samples], torch.cat(estimates)
-
-
-def run_aligned(method, cfg, jobs: list[Job], device, bar, args) -> None:
-    """Aligned crops: resized to the model size, restored in batches, resized back, written.
-
-    Inpainting: the known pixels of the input are put back at the input's own resolution.
-    """
-    size = (cfg.image_size, cfg.image_size)
-    for i in range(0, len(jobs), cfg.batch_size):
-        batch = []
-        for job in jobs[i:i + cfg.batch_size]:
-            if (img := read(job)) is None:
-                continue
-            mask = read_mask_of(job, img, args) if cfg.task == "inpainting" else None
-            if cfg.task == "inpainting" and mask is None:
-                continue
-            if tuple(img.shape[-2:]) != size:
-                log(f"warning: {job.source} is {job.record['size'][0]}x{job.record['size'][1]}; "
-                    f"it is resized to {size[1]}x{size[0]} for the model and back")
-            batch.append((job, img, mask))
-        if batch:
-            start = time.perf_counter()
-            masks = None if cfg.task != "inpainting" else torch.stack(
-                [resize_mask(m[None], size)[0] for _, _, m in batch])
-            samples, estimates = restore_crops(method, cfg, torch.stack([resize(img[None], size)[0] for _, img, _ in batch]),
-                                               [j.key for j, _, _ in batch], device, masks)
-            seconds = (time.perf_counter() - start) / len(batch)
-            for n, (job, img, mask) in enumerate(batch):
-                w, h = job.record["size"]
-                back = lambda t: resize(t[n:n + 1], (h, w))[0].clamp(0, 1)  # noqa: E731
-                keep = (lambda x: x * mask + img * (1 - mask)) if mask is not None else (lambda x: x)  # noqa: E731
-                try:
-                    for k, path in enumerate(job.outputs):
-                        write_image(path, keep(back(samples[k])))
-                    if job.estimate is not None:
-                        write_image(job.estimate, back(estimates))
-                    job.record.update(status="done", seconds=round(seconds, 3))
-                except ImageWriteError as e:
-                    fail(job, str(e))
-        bar.update(len(jobs[i:i + cfg.batch_size]))
-
-
 def background_upsampler(args, device):
     """`img, scale -> img` for the whole photo: Lanczos, or Real-ESRGAN (tiled)."""
+    from datapipe.photos import lanczos_background
     if args.bg_upsampler == "lanczos":
         return lanczos_background
+    from datapipe.faces import upscale_lanczos
+    from datapipe.image_io import tensor_to_uint8, uint8_to_tensor
     from models.checkpoint import load_weights, resolve_weights
     from models.rrdbnet import realesrgan, upscale_tiled
 
@@ -250,54 +289,74 @@ def background_upsampler(args, device):
     return upsample
 
 
-def run_photos(method, cfg, jobs: list[Job], device, bar, args) -> None:
+def run_photos(method, cfg, jobs, device, bar, args) -> None:
     """Whole photos: detect, align, restore, paste back; a photo without a face is only upscaled."""
+    import numpy as np
+
+    from datapipe.faces import FaceDetector
+    from datapipe.image_io import tensor_to_uint8
+    from datapipe.photos import PhotoTooLarge, restore_photo, side_by_side
     detector = FaceDetector(args.detector, score_threshold=args.det_threshold, min_face_size=args.min_face_size)
     background = background_upsampler(args, device)
     template = np.asarray(cfg.face.template, dtype=np.float32)
     out = Path(args.output)
     for job in jobs:
-        img = read(job)
+        img = read(job, args)
         if img is not None:
             start = time.perf_counter()
             restore = lambda crops, keys: restore_crops(method, cfg, crops, keys, device)[0]  # noqa: E731
             try:
-                result = restore_photo(tensor_to_uint8(img), detector, restore, job.key, face_size=cfg.image_size,
+                photo = tensor_to_uint8(img)
+                result = restore_photo(photo, detector, restore, job.key, face_size=cfg.image_size,
                                        template=template, template_size=cfg.face.template_size,
                                        border_value=list(cfg.face.border_value), upscale=args.upscale,
-                                       background_fn=background, draw_box=args.draw_box, max_pixels=int(args.max_pixels))
-                for path, image in zip(job.outputs, result.images * len(job.outputs)):
-                    write_image(path, image)
+                                       background_fn=background, draw_box=args.draw_box,
+                                       max_pixels=int(args.max_pixels), allow_downscale=args.allow_downscale,
+                                       only_center_face=args.only_center_face)
+            except PhotoTooLarge as e:
+                fail(job, f"{job.source}: {e}")
+                bar.update(1)
+                continue
+            cmp = side_by_side(photo, result.images[0]) if job.cmp is not None else None
+            if write_all(job, result.images, cmp=cmp):
                 if args.save_faces:
                     save_faces(out, job, result, cfg.num_samples)
-                status = "done" if result.faces else "no face"
-                job.record.update(status=status, seconds=round(time.perf_counter() - start, 3), **result.manifest())
-                if not result.faces:
-                    log(f"no face found in {job.source}; the upscaled photo is written")
-            except (PhotoTooLarge, ImageWriteError) as e:
-                fail(job, f"{job.source}: {e}" if isinstance(e, PhotoTooLarge) else str(e))
+                job.record.update(status="done" if result.faces or result.kept else "no face",
+                                  seconds=round(time.perf_counter() - start, 3), **result.manifest())
+                log(f"{job.source}: {result.describe(cfg.image_size)}")
         bar.update(1)
 
 
-def save_faces(out: Path, job: Job, result, num_samples: int) -> None:
+def save_faces(out: Path, job, result, num_samples: int) -> None:
     """LQ crops to OUT/cropped_faces, restored crops to OUT/restored_faces, as <stem>_<k>.png."""
+    from datapipe.image_io import write_image
+    from datapipe.jobs import sample_names, with_ext
     for k, crop in enumerate(result.crops):
-        write_image(out / "cropped_faces" / job.stem.with_name(f"{job.stem.name}_{k:02d}.png"), crop)
+        write_image(out / "cropped_faces" / with_ext(job.stem.with_name(f"{job.stem.name}_{k:02d}"), ".png"), crop)
         for s, path in enumerate(sample_names(job.stem, num_samples, f"_{k:02d}")):
             write_image(out / "restored_faces" / path, result.restored[s][k])
 
 
-def run(cfg, jobs: list[Job], args) -> dict:
+def run(cfg, jobs, args) -> dict:
     """Build the model once, stream the inputs, return the run summary."""
+    from tqdm import tqdm
+
+    from datapipe.shards import Rank
+    from models.pipeline import build_difface, pick_device, pick_dtype
     device = Rank.from_env().device(pick_device(cfg.device))  # cuda:LOCAL_RANK under torchrun
-    log(f"DifFace: model '{cfg.name}' on {device} ({cfg.dtype}); N={cfg.sampling.start_step}, "
+    dtype, note = pick_dtype(cfg.dtype, device)
+    if note:
+        log(f"warning: {note}")
+    log(f"DifFace: model '{cfg.name}' on {device} ({dtype}); N={cfg.sampling.start_step}, "
         f"eta={cfg.sampling.eta}, sampler={cfg.sampling.sampler}")
-    method = build_difface(cfg, device, args.weights_dir, args.download)
-    log(f"{len(method.timesteps)} network evaluations per face, first at step {method.timesteps[0]}")
+    method = build_difface(cfg, device, args.weights_dir, args.download, dtype=dtype)
+    log(f"{len(method.timesteps)} network evaluations per face, first at step {method.timesteps[0]}"
+        if method.timesteps else "N = 0: the estimator's output alone, no diffusion steps")
+    out = Path(args.output)
     todo = []
     for job in jobs:
-        job.record.update(input=str(job.source), outputs=[str(p) for p in job.outputs], seed=cfg.seed,
-                          aligned=args.aligned)
+        job.record.update(input=relative(job.source, out), outputs=[relative(p, out) for p in job.outputs],
+                          seed=cfg.seed, aligned=args.aligned)
         if not args.overwrite and all(p.exists() for p in job.outputs):
             job.record["status"] = "skipped"
             log(f"skipped {job.source}: outputs exist (use --overwrite to replace them)")
@@ -311,15 +370,22 @@ def run(cfg, jobs: list[Job], args) -> dict:
     return summarise(jobs)
 
 
-def summarise(jobs: list[Job]) -> dict:
+def relative(path: Path, out: Path) -> str:
+    """`path` relative to the output folder (manifests stay valid when the folder moves)."""
+    return Path(os.path.relpath(path.absolute(), out.absolute())).as_posix()
+
+
+def summarise(jobs) -> dict:
     counts = {s: sum(j.record.get("status") == s for j in jobs) for s in ("done", "no face", "skipped", "failed")}
-    done = [j.record["seconds"] for j in jobs if j.record.get("status") == "done"]
+    done = [j.record["seconds"] for j in jobs if j.record.get("status") in ("done", "no face")]
     counts["seconds_per_image"] = round(sum(done) / len(done), 3) if done else None
     return counts
 
 
-def write_manifest(out: Path, cfg, jobs: list[Job], summary: dict) -> Path:
+def write_manifest(out: Path, cfg, jobs, summary: dict) -> Path:
     """A JSON record of the run: resolved config, versions, and one entry per input."""
+    import torch
+    from omegaconf import OmegaConf
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"manifest_{time.strftime('%Y%m%d-%H%M%S')}.json"
     manifest = {"config": OmegaConf.to_container(cfg, resolve=True), "summary": summary,
@@ -331,13 +397,21 @@ def write_manifest(out: Path, cfg, jobs: list[Job], summary: dict) -> Path:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from omegaconf import OmegaConf
+
+    from datapipe.jobs import PlanError, check_writable, plan_jobs
+    from datapipe.shards import run_sharded
+    from models.checkpoint import WeightsError, default_weights_dir
+    from models.pipeline import ConfigError
     try:
         cfg = resolve_config(args)
         if not args.aligned and cfg.task == "inpainting":
             raise PlanError("inpainting works on aligned faces: pass --aligned")
         src, out = Path(args.input).expanduser(), Path(args.output).expanduser()
         jobs = plan_jobs(src, out, args.recursive, cfg.num_samples, args.save_estimate and args.aligned,
-                         subdir="" if args.aligned else "restored_image")
+                         subdir="" if args.aligned else "restored_image", ext=args.ext, save_cmp=args.save_cmp)
+        if not args.dry_run:
+            check_writable(out)
     except (PlanError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -355,9 +429,9 @@ def main(argv=None) -> int:
     if summary is None:  # a rank other than 0 under torchrun: rank 0 writes the manifest
         return 0
     manifest = write_manifest(out, cfg, jobs, summary)
+    speed = f"; {summary['seconds_per_image']} s per image" if summary["seconds_per_image"] is not None else ""
     print(f"done {summary['done']}, no face {summary['no face']}, skipped {summary['skipped']}, "
-          f"failed {summary['failed']}; {summary['seconds_per_image']} s per image; manifest: {manifest}",
-          file=sys.stderr)
+          f"failed {summary['failed']}{speed}; manifest: {manifest}", file=sys.stderr)
     return 1 if summary["failed"] else 0
 
 

@@ -1,7 +1,8 @@
 """Installable layout of the DifFace reference implementation.
 
-`pip install -e .` makes the packages `models`, `datapipe` and `metrics` and the entry
-scripts (`inference`, `trainer`, `app`) importable; the dependencies are listed in requirements.txt (one place).
+`pip install -e .` makes the packages `models`, `datapipe`, `metrics` and `training` and the entry
+scripts (`inference`, `trainer`, `app`) importable, and installs the command `difface` (the same as
+`python inference.py`); the dependencies are listed in requirements.txt (one place).
 """
 from pathlib import Path
 
@@ -22,7 +23,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=["models", "datapipe", "metrics", "training"],
-    py_modules=["inference", "trainer", "app"],
+    py_modules=["inference", "trainer", "app", "cli_help"],
     install_requires=REQUIREMENTS,
+    entry_points={"console_scripts": ["difface = inference:main"]},
     license="Non-commercial research (see README)",
 )

@@ -12,12 +12,16 @@ Reading rules (SPEC §2.4, with the official bugs fixed):
 * The EXIF orientation tag is applied (JPEG, PNG, TIFF, WebP), as image viewers do.
 * Missing, unreadable, empty, truncated and non-image files raise :class:`ImageReadError`
   whose message names the file and the reason.
+* With ``max_pixels``, the size is read from the file header and a larger image (e.g. a
+  decompression bomb: a small PNG of 16000x16000 px) is refused before it is decoded.
+* A GIF gives its first frame; an animated one with a warning saying how many frames it has.
 """
 from __future__ import annotations
 
 import contextlib
 import io
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Union
@@ -29,7 +33,9 @@ from PIL import Image
 
 PathLike = Union[str, os.PathLike]
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+WRITE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = WRITE_EXTENSIONS + (".gif",)  # read (first frame), never written
+GREY_TOLERANCE = 3 / 255  # largest channel spread of an image that counts as grey (JPEG rounding)
 
 # Decode with OpenCV keeping 16-bit samples; OpenCV applies the EXIF orientation and drops
 # alpha for these flags (IMREAD_UNCHANGED would skip the orientation).
@@ -42,6 +48,8 @@ _SIGNATURES = {
     b"BM": "BMP",
     b"II*\x00": "TIFF",
     b"MM\x00*": "TIFF",
+    b"GIF87a": "GIF",
+    b"GIF89a": "GIF",
 }
 
 
@@ -118,16 +126,69 @@ def _has_alpha(data: bytes) -> bool:
         return False
 
 
-def _decode(path: PathLike) -> np.ndarray:
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the encoded image's header, without decoding; None if unknown."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                return im.size
+    except Image.DecompressionBombError as err:  # PIL refuses to even open it: far above any limit
+        if data.startswith(b"\x89PNG\r\n\x1a\n") and data[12:16] == b"IHDR":
+            return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+        found = re.search(r"\((\d+) pixels\)", str(err))
+        return (int(found[1]), 1) if found else (2 ** 31, 1)
+    except Exception:  # PIL may not know a format OpenCV decodes; then we cannot tell.
+        return None
+
+
+def image_size(path: PathLike) -> tuple[int, int] | None:
+    """(width, height) of an image file from its header (nothing decoded); None if unknown."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+    except OSError:
+        return None
+    return header_size(head) if head else None
+
+
+def _check_pixels(path: Path, data: bytes, max_pixels: float | None) -> None:
+    size = header_size(data) if max_pixels else None
+    if size is not None and size[0] * size[1] > max_pixels:
+        w, h = size
+        shape = f"{w}x{h} = " if h > 1 else ""
+        raise ImageReadError(path, f"image is {shape}{w * h / 1e6:.1f} megapixels, above the limit of "
+                                   f"{max_pixels / 1e6:.1f} (raise it with --max-pixels); not decoded")
+
+
+def _decode_gif(path: Path, data: bytes) -> np.ndarray:
+    """First frame of a GIF as HxWx3 uint8 BGR; an animation is reported."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            frames = getattr(im, "n_frames", 1)
+            rgb = np.asarray(im.convert("RGB"))
+    except Exception as err:
+        raise ImageReadError(path, f"corrupt or truncated GIF data ({type(err).__name__})") from None
+    if frames > 1:
+        warnings.warn(f"image '{path}' is an animated GIF with {frames} frames; only the first is used",
+                      stacklevel=3)
+    return np.ascontiguousarray(rgb[:, :, ::-1])
+
+
+def _decode(path: PathLike, max_pixels: float | None = None) -> np.ndarray:
     """Decode a file to HxWx3 BGR in its native sample type (uint8, uint16 or float32).
 
-    EXIF orientation applied, grey replicated, alpha dropped with a warning.
+    EXIF orientation applied, grey replicated, alpha dropped with a warning. With
+    ``max_pixels``, larger images are refused from their header, before decoding.
     """
     path = Path(path)
     data = _read_bytes(path)
     fmt = _sniff_format(data)
+    _check_pixels(path, data, max_pixels)
     if fmt == "JPEG" and _jpeg_is_truncated(data):
         raise ImageReadError(path, "truncated JPEG data (no end-of-image marker)")
+    if fmt == "GIF":
+        return _decode_gif(path, data)
     img = cv2.imdecode(np.frombuffer(data, np.uint8), _DECODE_FLAGS)
     if img is None or img.size == 0:
         if fmt is None:
@@ -154,16 +215,16 @@ def _to_unit_float(img: np.ndarray) -> np.ndarray:
     return np.clip(np.nan_to_num(img.astype(np.float32)), 0.0, 1.0)
 
 
-def read_image(path: PathLike) -> torch.Tensor:
-    """Read an image file.
+def read_image(path: PathLike, max_pixels: float | None = None) -> torch.Tensor:
+    """Read an image file; with ``max_pixels``, a larger one is refused from its header.
 
     Returns:
         (3, H, W) float32 tensor, RGB, values in [0, 1] (8-bit / 255, 16-bit / 65535;
         float TIFFs are taken as they are, clipped to [0, 1]).
     Raises:
-        ImageReadError: missing, unreadable, empty, truncated or non-image file.
+        ImageReadError: missing, unreadable, empty, truncated, too large or non-image file.
     """
-    img = _to_unit_float(_decode(path))
+    img = _to_unit_float(_decode(path, max_pixels))
     return torch.from_numpy(np.ascontiguousarray(img[:, :, ::-1].transpose(2, 0, 1)))
 
 
@@ -185,6 +246,18 @@ def read_image_uint8_bgr(path: PathLike) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 # Conversions
 # --------------------------------------------------------------------------------------------
+
+def is_grey(img: torch.Tensor) -> bool:
+    """True when a (3, H, W) RGB image has equal channels (up to :data:`GREY_TOLERANCE`)."""
+    _check_chw(img)
+    return bool((img.amax(0) - img.amin(0)).max() <= GREY_TOLERANCE)
+
+
+def to_grey(img: torch.Tensor) -> torch.Tensor:
+    """(..., 3, H, W) RGB -> the same shape with every channel the Rec. 601 luma of the pixel."""
+    luma = 0.299 * img[..., 0:1, :, :] + 0.587 * img[..., 1:2, :, :] + 0.114 * img[..., 2:3, :, :]
+    return luma.expand_as(img).contiguous()
+
 
 def _check_uint8_hwc(arr: np.ndarray) -> None:
     if not isinstance(arr, np.ndarray) or arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
@@ -240,7 +313,7 @@ def tensor_to_hwc(img: torch.Tensor, bgr: bool = False) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 def write_image(path: PathLike, img: torch.Tensor | np.ndarray, jpeg_quality: int = 95) -> Path:
-    """Write an image; the format follows the extension (see :data:`IMAGE_EXTENSIONS`).
+    """Write an image; the format follows the extension (see :data:`WRITE_EXTENSIONS`).
 
     Args:
         path: destination; parent folders are created. An existing file is overwritten
@@ -255,9 +328,9 @@ def write_image(path: PathLike, img: torch.Tensor | np.ndarray, jpeg_quality: in
         ImageWriteError: encoding or writing failed.
     """
     path = Path(path)
-    if not is_image_file(path):
+    if path.suffix.lower() not in WRITE_EXTENSIONS:
         raise ValueError(f"unknown image extension '{path.suffix}' for '{path}'; "
-                         f"allowed: {', '.join(IMAGE_EXTENSIONS)}")
+                         f"allowed: {', '.join(WRITE_EXTENSIONS)}")
     if isinstance(img, torch.Tensor):
         bgr = tensor_to_uint8(img, bgr=True)
     else:

@@ -1,16 +1,25 @@
-"""Which input file goes to which output files: planned before any model is built.
+"""Which input file goes to which output files: planned, and checked, before any model is built.
 
-Rules: outputs are PNG; sub-folders of a recursive run are mirrored; two inputs with the same
-stem (`a.png`, `a.jpg`) keep their extension in the name (`a_png.png`, `a_jpg.png`) so that
-nothing is silently lost; several samples get `_s<k>`.
+Rules:
+* output names keep the input's full stem (`John.Smith.png` -> `John.Smith.png`, never `John.png`);
+* sub-folders of a recursive run are mirrored;
+* two inputs with the same stem (`a.png`, `a.jpg`) keep their extension in the name (`a_png`,
+  `a_jpg`); any collision left after that (e.g. with a real `a_png.png`) gets `_2`, `_3`, ...;
+* several samples get `_s<k>`;
+* no planned output is ever an input file, and the output folder must be writable: both are
+  :class:`PlanError` before anything runs.
 """
 from __future__ import annotations
 
+import os
+import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .image_io import is_image_file, list_images
+
+EXTENSIONS = ("auto", "png", "jpg")  # --ext: auto = jpg for JPEG inputs, png for everything else
 
 
 class PlanError(ValueError):
@@ -26,6 +35,7 @@ class Job:
     stem: Path               # relative output stem, without extension or sample suffix
     outputs: list[Path]
     estimate: Path | None = None
+    cmp: Path | None = None  # input | restored side by side
     record: dict = field(default_factory=dict)
 
 
@@ -45,30 +55,97 @@ def list_inputs(src: Path, out: Path, recursive: bool) -> tuple[Path, list[Path]
     return src, files
 
 
+def output_suffix(source: Path, ext: str) -> str:
+    """The output file extension for an input: '.png', '.jpg', or (auto) '.jpg' for JPEG inputs."""
+    if ext not in EXTENSIONS:
+        raise PlanError(f"invalid output extension {ext!r}; allowed: {', '.join(EXTENSIONS)}")
+    if ext == "auto":
+        return ".jpg" if source.suffix.lower() in (".jpg", ".jpeg") else ".png"
+    return f".{ext}"
+
+
 def plan_jobs(src: Path, out: Path, recursive: bool, num_samples: int, save_estimate: bool = False,
-              subdir: str = "") -> list[Job]:
-    """One job per input; outputs under `out/subdir`, estimates under `out/estimates`."""
+              subdir: str = "", ext: str = "png", save_cmp: bool = False) -> list[Job]:
+    """One job per input; outputs under `out/subdir`, estimates under `out/estimates`, comparisons
+    under `out/cmp`. Raises PlanError for unusable paths and for an output that is an input."""
     if out.exists() and not out.is_dir():
         raise PlanError(f"output path exists and is not a folder: {out}")
     root, files = list_inputs(src, out, recursive)
-    by_stem = defaultdict(list)
-    for f in files:
-        by_stem[f.relative_to(root).with_suffix("").as_posix().lower()].append(f)
+    stems = unique_stems(root, files)
     jobs = []
-    for f in files:
-        rel = f.relative_to(root)
-        stem = rel.with_suffix("")
-        if len(by_stem[stem.as_posix().lower()]) > 1:
-            stem = stem.with_name(f"{stem.name}_{f.suffix.lstrip('.').lower()}")
-        jobs.append(Job(source=f, key=rel.as_posix(), stem=stem,
-                        outputs=[out / subdir / p for p in sample_names(stem, num_samples)],
-                        estimate=(out / "estimates" / stem.with_suffix(".png")) if save_estimate else None))
+    for f, stem in zip(files, stems):
+        suffix = output_suffix(f, ext)
+        jobs.append(Job(source=f, key=f.relative_to(root).as_posix(), stem=stem,
+                        outputs=[out / subdir / p for p in sample_names(stem, num_samples, ext=suffix)],
+                        estimate=out / "estimates" / with_ext(stem, suffix) if save_estimate else None,
+                        cmp=out / "cmp" / with_ext(stem, suffix) if save_cmp else None))
+    check_not_inputs(jobs, files)
     return jobs
 
 
-def sample_names(stem: Path, num_samples: int, suffix: str = "") -> list[Path]:
-    """`stem<suffix>.png`, or `stem<suffix>_s<k>.png` for several samples."""
+def unique_stems(root: Path, files: list[Path]) -> list[Path]:
+    """Relative output stems, one per file, pairwise different (case-insensitively)."""
+    def full_stem(f: Path) -> Path:
+        rel = f.relative_to(root)
+        return rel.with_name(rel.stem)
+
+    by_stem = defaultdict(list)
+    for f in files:
+        by_stem[full_stem(f).as_posix().lower()].append(f)
+    stems = []
+    for f in files:
+        stem = full_stem(f)
+        if len(by_stem[stem.as_posix().lower()]) > 1:
+            stem = stem.with_name(f"{stem.name}_{f.suffix.lstrip('.').lower()}")
+        stems.append(stem)
+    taken, result = set(), []
+    for stem in stems:
+        candidate, n = stem, 2
+        while candidate.as_posix().lower() in taken:
+            candidate, n = stem.with_name(f"{stem.name}_{n}"), n + 1
+        taken.add(candidate.as_posix().lower())
+        result.append(candidate)
+    return result
+
+
+def with_ext(stem: Path, suffix: str) -> Path:
+    """`stem` + `suffix`, never cutting the stem at a dot (unlike Path.with_suffix)."""
+    return stem.with_name(stem.name + suffix)
+
+
+def sample_names(stem: Path, num_samples: int, suffix: str = "", ext: str = ".png") -> list[Path]:
+    """`stem<suffix><ext>`, or `stem<suffix>_s<k><ext>` for several samples."""
     base = stem.with_name(stem.name + suffix)
     if num_samples == 1:
-        return [base.with_suffix(".png")]
-    return [base.with_name(f"{base.name}_s{k}").with_suffix(".png") for k in range(num_samples)]
+        return [with_ext(base, ext)]
+    return [with_ext(base.with_name(f"{base.name}_s{k}"), ext) for k in range(num_samples)]
+
+
+def check_not_inputs(jobs: list[Job], inputs: list[Path]) -> None:
+    """PlanError if any planned output file is one of the input files."""
+    sources = {p.resolve() for p in inputs}
+    for job in jobs:
+        for path in job.outputs + [p for p in (job.estimate, job.cmp) if p is not None]:
+            if path.resolve() in sources:
+                raise PlanError(f"the output {path} would overwrite the input {path.resolve()}; "
+                                f"choose another output folder")
+
+
+def check_writable(out: Path) -> None:
+    """PlanError unless `out` is, or can be created as, a writable folder. Nothing is left behind:
+    an existing folder is probed with a temporary file; a missing one through its nearest
+    existing parent."""
+    probe = out
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise PlanError(f"cannot create the output folder {out}: {probe} is not a folder")
+    try:
+        fd, name = tempfile.mkstemp(prefix=".difface-write-test-", dir=probe)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as e:
+        where = "the output folder" if probe == out else f"{probe} (to create {out})"
+        raise PlanError(f"cannot write to {where}: {e.strerror or e}") from None

@@ -9,14 +9,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+import cv2
 import numpy as np
 import torch
 
-from .faces import Face, FaceDetector, align_face, enlarge_to_min_side, paste_faces, upscale_lanczos
+from .faces import (Face, FaceDetector, align_face, align_face_ffhq, enlarge_to_min_side, is_ffhq_template,
+                    paste_faces, upscale_lanczos)
 from .image_io import tensor_to_uint8, uint8_to_tensor
 
 MIN_SIDE = 512  # photos with a shorter side are first enlarged to it (official behaviour)
 PASTE_OFFSET = 0.5  # exact pixel-centre correspondence for a background resized by `upscale`
+MAX_DOWNSCALE = 1.5  # a face whose crop is larger than this times the model size is left as it was
 
 RestoreFn = Callable[[torch.Tensor, Sequence[str]], list[torch.Tensor]]
 BackgroundFn = Callable[[np.ndarray, int], np.ndarray]
@@ -33,6 +36,8 @@ class PhotoResult:
     images: list[np.ndarray]
     faces: list[Face] = field(default_factory=list)
     skipped: list[Face] = field(default_factory=list)
+    kept: list[Face] = field(default_factory=list)  # too large for the model: left as they were
+    sizes: dict[int, float] = field(default_factory=dict)  # id(face) -> crop side in input pixels
     crops: list[np.ndarray] = field(default_factory=list)
     restored: list[list[np.ndarray]] = field(default_factory=list)  # [sample][face]
     enlarged_by: float = 1.0
@@ -42,13 +47,36 @@ class PhotoResult:
         scale = 1.0 / self.enlarged_by
 
         def describe(face: Face) -> dict:
-            return {"box": [round(float(v) * scale, 2) for v in face.box],
-                    "landmarks": [[round(float(x) * scale, 2), round(float(y) * scale, 2)]
-                                  for x, y in face.landmarks5],
-                    "score": round(float(face.score), 4)}
+            record = {"box": [round(float(v) * scale, 2) for v in face.box],
+                      "landmarks": [[round(float(x) * scale, 2), round(float(y) * scale, 2)]
+                                    for x, y in face.landmarks5],
+                      "score": round(float(face.score), 4)}
+            if id(face) in self.sizes:
+                record["crop_side"] = round(self.sizes[id(face)], 1)
+            return record
 
         return {"faces": [describe(f) for f in self.faces], "skipped_small": [describe(f) for f in self.skipped],
-                "enlarged_by": round(self.enlarged_by, 4)}
+                "kept_large": [describe(f) for f in self.kept], "enlarged_by": round(self.enlarged_by, 4)}
+
+
+    def describe(self, face_size: int) -> str:
+        """One log line: faces restored, left as they were (too large), too small."""
+        parts = [f"{len(self.faces)} face(s) restored"]
+        if self.kept:
+            sides = ", ".join(f"{self.sizes[id(f)]:.0f}" for f in self.kept)
+            parts.append(f"{len(self.kept)} left as they were (crops of {sides} px, larger than {MAX_DOWNSCALE}x "
+                         f"the model's {face_size} px; --allow-downscale restores them anyway)")
+        if self.skipped:
+            parts.append(f"{len(self.skipped)} too small")
+        if not (self.faces or self.kept):
+            parts.append("no face found, the upscaled photo is written")
+        return "; ".join(parts)
+
+
+def side_by_side(photo: np.ndarray, restored: np.ndarray) -> np.ndarray:
+    """The input photo resized (Lanczos) to the restored one's size, then both side by side (uint8 RGB)."""
+    h, w = restored.shape[:2]
+    return np.concatenate([cv2.resize(photo, (w, h), interpolation=cv2.INTER_LANCZOS4), restored], axis=1)
 
 
 def lanczos_background(img: np.ndarray, upscale: int) -> np.ndarray:
@@ -59,30 +87,51 @@ def restore_photo(img: np.ndarray, detector: FaceDetector, restore_fn: RestoreFn
                   face_size: int, template: np.ndarray, template_size: float,
                   border_value: Sequence[int], upscale: int = 2,
                   background_fn: BackgroundFn = lanczos_background, draw_box: bool = False,
-                  max_pixels: int = 40_000_000) -> PhotoResult:
+                  max_pixels: int = 40_000_000, allow_downscale: bool = False,
+                  only_center_face: bool = False) -> PhotoResult:
     """Restore every face of a photo (HxWx3 uint8 RGB); a photo without a face is only upscaled.
 
     `restore_fn(crops, keys)` gets the aligned crops (N, 3, S, S) in [0, 1] with one seed key
-    per face and returns one (N, 3, S, S) tensor per sample.
+    per face and returns one (N, 3, S, S) tensor per sample. A face whose crop covers more than
+    MAX_DOWNSCALE * S input pixels would lose detail at the model's size S: it is left as it is
+    in the upscaled background (`kept`) unless `allow_downscale`. FFHQ-template models get
+    crops by FFHQ's own 68-point rule where the detector gives 68 points.
     """
     h, w = img.shape[:2]
     if h * w > max_pixels:
         raise PhotoTooLarge(f"photo is {w}x{h} = {h * w / 1e6:.1f} megapixels, above the limit of "
                             f"{max_pixels / 1e6:.1f} (raise it with --max-pixels)")
     img, factor = enlarge_to_min_side(img, MIN_SIDE)
-    faces, skipped = detector.detect_with_skipped(img)
+    found, skipped = detector.detect_with_skipped(img)
+    if only_center_face and found:
+        centre = np.array([img.shape[1] - 1, img.shape[0] - 1]) / 2
+        found = [min(found, key=lambda f: float(np.linalg.norm(f.box.reshape(2, 2).mean(0) - centre)))]
     background = background_fn(img, upscale)
+    ffhq = is_ffhq_template(template, template_size)
+    faces, kept, aligned, sizes = [], [], [], {}
+    for face in found:
+        if ffhq and face.landmarks68 is not None:
+            crop, affine = align_face_ffhq(img, face.landmarks68, face_size, border_value)
+        else:
+            crop, affine = align_face(img, face.landmarks5, face_size=face_size, template=template,
+                                      template_size=template_size, border_value=border_value)
+        sizes[id(face)] = face_size / np.sqrt(abs(np.linalg.det(affine[:, :2]))) / factor
+        if sizes[id(face)] > MAX_DOWNSCALE * face_size and not allow_downscale:
+            kept.append(face)
+        else:
+            faces.append(face)
+            aligned.append((crop, affine))
+    result = PhotoResult(images=[background], faces=faces, skipped=skipped, kept=kept, sizes=sizes,
+                         enlarged_by=factor)
     if not faces:
-        return PhotoResult(images=[background], skipped=skipped, enlarged_by=factor)
-    aligned = [align_face(img, f.landmarks5, face_size=face_size, template=template,
-                          template_size=template_size, border_value=border_value) for f in faces]
+        return result
     crops = torch.stack([uint8_to_tensor(crop) for crop, _ in aligned])
     samples = restore_fn(crops, [f"{key}#face{k}" for k in range(len(faces))])
-    images, restored = [], []
+    result.images = []
     for sample in samples:
         faces_out = [tensor_to_uint8(face) for face in sample]
-        restored.append(faces_out)
+        result.restored.append(faces_out)
         pairs = [(face, affine) for face, (_, affine) in zip(faces_out, aligned)]
-        images.append(paste_faces(background, pairs, upscale, draw_box=draw_box, offset=PASTE_OFFSET))
-    return PhotoResult(images=images, faces=faces, skipped=skipped, crops=[c for c, _ in aligned],
-                       restored=restored, enlarged_by=factor)
+        result.images.append(paste_faces(background, pairs, upscale, draw_box=draw_box, offset=PASTE_OFFSET))
+    result.crops = [c for c, _ in aligned]
+    return result

@@ -241,29 +241,37 @@ class WeightSpec:
     licence: str
     sha256: str | None = None  # none published upstream (SPEC §8)
     keys: tuple[str, ...] = CONTAINER_KEYS  # container keys tried when loading
+    size_mib: int | None = None  # approximate download size, for messages
 
     def path(self, weights_dir: str | os.PathLike | None = None) -> Path:
         """``<weights_dir>/<subdir>/<filename>``; ``weights_dir`` defaults to :func:`default_weights_dir`."""
         return Path(weights_dir if weights_dir is not None else default_weights_dir()) / self.subdir / self.filename
 
 
-def _difface(name: str, subdir: str, description: str) -> WeightSpec:
-    return WeightSpec(name, _DIFFACE_URL + name + ".pth", subdir, name + ".pth", description, DIFFACE_LICENCE)
+def _difface(name: str, subdir: str, description: str, size_mib: int) -> WeightSpec:
+    return WeightSpec(name, _DIFFACE_URL + name + ".pth", subdir, name + ".pth", description, DIFFACE_LICENCE,
+                      size_mib=size_mib)
 
 
 def _esrgan(name: str, release: str, description: str) -> WeightSpec:
     return WeightSpec(name, f"{_ESRGAN_URL}{release}/{name}.pth", "realesrgan", name + ".pth",
-                      description, REALESRGAN_LICENCE, keys=("params_ema", "params"))
+                      description, REALESRGAN_LICENCE, keys=("params_ema", "params"), size_mib=64)
 
 
+# Sizes: fp32 payloads computed from the official key lists (SPEC §3), rounded.
 REGISTRY: dict[str, WeightSpec] = {s.name: s for s in (
-    _difface("swinir_restoration512_L1", "estimator", "SwinIR diffused estimator for 512x512 faces, L1-trained"),
-    _difface("iddpm_ffhq512_ema500000", "diffusion", "improved-DDPM UNet prior, FFHQ 512x512, EMA at 500k iterations"),
-    _difface("lama_inpainting256", "estimator", "LaMa inpainting estimator for 256x256 faces"),
-    _difface("iddpm_ffhq256_ema750000", "diffusion", "improved-DDPM UNet prior, FFHQ 256x256, EMA at 750k iterations"),
+    _difface("swinir_restoration512_L1", "estimator", "SwinIR diffused estimator for 512x512 faces, L1-trained", 86),
+    _difface("iddpm_ffhq512_ema500000", "diffusion", "improved-DDPM UNet prior, FFHQ 512x512, EMA at 500k iterations",
+             610),
+    _difface("lama_inpainting256", "estimator", "LaMa inpainting estimator for 256x256 faces", 195),
+    _difface("iddpm_ffhq256_ema750000", "diffusion", "improved-DDPM UNet prior, FFHQ 256x256, EMA at 750k iterations",
+             473),
     _esrgan("RealESRGAN_x2plus", "v0.2.1", "Real-ESRGAN x2 background upsampler (whole-image mode)"),
     _esrgan("RealESRGAN_x4plus", "v0.1.0", "Real-ESRGAN x4 background upsampler"),
 )}
+
+# Folders searched after the weights folder, so that files placed there earlier are still found.
+REPO_WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
 
 
 def get_spec(name: str) -> WeightSpec:
@@ -274,8 +282,21 @@ def get_spec(name: str) -> WeightSpec:
 
 
 def default_weights_dir() -> Path:
-    """``$DIFFACE_WEIGHTS`` if set, else ``./weights`` (relative to the working directory)."""
-    return Path(os.environ.get("DIFFACE_WEIGHTS") or "weights")
+    """Where downloads go: ``$DIFFACE_WEIGHTS``, else ``$XDG_CACHE_HOME/difface``, else
+    ``~/.cache/difface``; independent of the working directory."""
+    if os.environ.get("DIFFACE_WEIGHTS"):
+        return Path(os.environ["DIFFACE_WEIGHTS"]).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache).expanduser() / "difface"
+
+
+def find_weights(spec: WeightSpec, weights_dir: str | os.PathLike | None = None) -> Path | None:
+    """The file of ``spec`` under the weights folder, the repository's ``weights/`` or ``./weights``."""
+    for root in (Path(weights_dir).expanduser() if weights_dir is not None else default_weights_dir(),
+                 REPO_WEIGHTS, Path("weights")):
+        if spec.path(root).is_file():
+            return spec.path(root).absolute()
+    return None
 
 
 def spec_url(spec: WeightSpec) -> str:
@@ -284,16 +305,28 @@ def spec_url(spec: WeightSpec) -> str:
     return f"{base.rstrip('/')}/{spec.filename}" if base else spec.url
 
 
+def describe_missing(specs: list[WeightSpec], weights_dir: str | os.PathLike | None = None) -> str:
+    """One block per missing file: name, size, URL and the path it belongs at."""
+    lines = []
+    for spec in specs:
+        size = f" (about {spec.size_mib} MiB)" if spec.size_mib else ""
+        lines += [f"  {spec.filename}{size}, {spec.description}",
+                  f"      from {spec_url(spec)}",
+                  f"      to   {spec.path(weights_dir).absolute()}"]
+    return "\n".join(lines)
+
+
 # --------------------------------------------------------------------------- resolving / downloading
 
 def resolve_weights(name_or_path: str | os.PathLike, weights_dir: str | os.PathLike | None = None,
                     download: bool = True, verify: Callable[[Path], None] | None = None,
                     url: str | None = None, timeout: float = 30.0) -> Path:
-    """Find a weight file: an existing path as is, or a registry name under ``weights_dir``.
+    """Find a weight file: an existing path as is, or a registry name (see :func:`find_weights`).
 
-    A missing registry file is downloaded (if ``download``) from ``url``, else
-    ``$DIFFACE_WEIGHTS_URL_BASE/<filename>``, else the registry URL; then ``verify(path)``
-    is called (e.g. a strict load) and, if it raises, our download is deleted.
+    A missing registry file is downloaded (if ``download``) into ``weights_dir`` (default
+    :func:`default_weights_dir`) from ``url``, else ``$DIFFACE_WEIGHTS_URL_BASE/<filename>``,
+    else the registry URL; then ``verify(path)`` is called (e.g. a strict load) and, if it
+    raises, our download is deleted.
 
     Raises:
         WeightsError: unknown name / missing file / download or verification failure, saying
@@ -306,9 +339,10 @@ def resolve_weights(name_or_path: str | os.PathLike, weights_dir: str | os.PathL
         raise WeightsError(f"{str(name_or_path)!r} is neither an existing file nor a known weight name; "
                            f"known names: {', '.join(REGISTRY)}")
     spec = REGISTRY[str(name_or_path)]
+    found = find_weights(spec, weights_dir)
+    if found is not None:
+        return found
     target = spec.path(weights_dir).absolute()
-    if target.is_file():
-        return target
     url = url or spec_url(spec)
     if not download:
         raise WeightsError(f"weight file {spec.filename} not found at {target} and downloading is off. "
@@ -327,6 +361,7 @@ def _by_hand(url: str, target: Path) -> str:
 def _download(url: str, target: Path, sha256: str | None, timeout: float) -> None:
     """Stream ``url`` to ``<target>.part`` with a progress bar, check it, rename it to ``target``."""
     part = target.with_name(target.name + ".part")
+    created = [p for p in (target.parent, *target.parent.parents) if not p.exists()]
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         request = urllib.request.Request(url, headers={"User-Agent": "difface-reference"})
@@ -340,10 +375,21 @@ def _download(url: str, target: Path, sha256: str | None, timeout: float) -> Non
             raise _Failure(f"checksum mismatch (sha256 {digest}, expected {sha256})")
         os.replace(part, target)
     except (_Failure, OSError, ValueError, http.client.HTTPException) as e:  # URLError is an OSError
+        part.unlink(missing_ok=True)
+        _remove_empty(created)
         raise WeightsError(f"could not download {target.name} from {url}: {_reason(e)}. "
                            + _by_hand(url, target)) from e
     finally:
         part.unlink(missing_ok=True)
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove the folders a failed download created (innermost first), if they are still empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 class _Failure(Exception):
@@ -375,5 +421,6 @@ def _verify(verify: Callable[[Path], None], target: Path, url: str) -> None:
         verify(target)
     except Exception as e:
         target.unlink(missing_ok=True)
+        _remove_empty([target.parent])
         raise WeightsError(f"downloaded {target.name} from {url} failed verification and was deleted: "
                            f"{e}. " + _by_hand(url, target)) from e

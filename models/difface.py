@@ -131,7 +131,7 @@ class DifFace:
     @torch.no_grad()
     def restore(self, y: torch.Tensor, generator: Generators = None,
                 start_noise: torch.Tensor | None = None, noise_fn: NoiseFn | None = None,
-                mask: torch.Tensor | None = None) -> Restoration:
+                mask: torch.Tensor | None = None, estimate: torch.Tensor | None = None) -> Restoration:
         """Restore a batch y (B, 3, H, W) RGB [0,1]; any H, W (resized to the model size and back).
 
         Noise: `start_noise` (else drawn first) for the jump to step N, then the sampler's
@@ -139,6 +139,8 @@ class DifFace:
         Inpainting: `mask` (B, 1, H, W), 1 = unknown pixel. The estimator sees the image with
         zeros in the holes plus the mask, the x0-correction hook sees the observed pixels, and
         the known pixels of the input are pasted back at the input's resolution.
+        `estimate`: x0_hat (B, 3, S, S) [0,1] at the model size from an earlier call on the same y
+        (e.g. the previous sample); the estimator is then not run again.
         """
         size = (self.image_size, self.image_size)
         y_model = resize(y.float(), size)
@@ -146,6 +148,9 @@ class DifFace:
         if mask is not None:
             mask_model = resize_mask(mask, size)
             y_model = y_model * (1 - mask_model)
+        if estimate is not None:
+            x0_hat = resize(estimate.float(), size)
+        elif mask is not None:
             x0_hat = self.estimate(torch.cat([y_model, mask_model], 1))
         else:
             x0_hat = self.estimate(y_model)

@@ -18,9 +18,9 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from . import DiffusionConfig, NetworkConfig, build_network
-from .checkpoint import load_weights, resolve_weights
+from .checkpoint import REGISTRY, WeightsError, describe_missing, find_weights, load_weights, resolve_weights
 from .diffusion import DiffusionSchedule
-from .difface import DTYPES, DifFace, known_pixel_correction
+from .difface import DTYPES, DifFace, known_pixel_correction, sampling_timesteps
 from .samplers import SAMPLERS
 
 REPO_DIR = Path(__file__).resolve().parents[1]
@@ -130,6 +130,59 @@ def validate(cfg: InferenceConfig) -> None:
         if not ok:
             value = OmegaConf.select(cfg, key)
             raise ConfigError(f"invalid value {value!r} for '{key}': expected {allowed}")
+    s = cfg.sampling
+    try:
+        sampling_timesteps(s.start_step, cfg.diffusion.steps, s.grid, s.steps, s.official_start)
+    except ValueError as e:
+        raise ConfigError(f"invalid sampling settings (start_step={s.start_step}, grid={s.grid!r}, "
+                          f"steps={s.steps}): {e}") from None
+    channels = estimator_channels(cfg.estimator)
+    wanted = 4 if cfg.task == "inpainting" else 3
+    if channels != wanted:
+        kind = "an inpainting model (image + mask)" if channels == 4 else "a restoration model"
+        other = "e.g. --cfg inpaint_ffhq256" if cfg.task == "inpainting" else "e.g. --cfg difface_ffhq512"
+        raise ConfigError(f"task '{cfg.task}' does not fit '{cfg.name}': it is {kind}, its {cfg.estimator.name} "
+                          f"estimator takes {channels} input channels, {cfg.task} needs {wanted} ({other})")
+
+
+def estimator_channels(spec: NetworkConfig) -> int:
+    """Input channels of an estimator: 3 (RGB, restoration) or 4 (RGB + mask, inpainting)."""
+    params = spec.params
+    for key in ("input_nc", "in_chans"):
+        if key in params:
+            return int(params[key])
+    return 4 if spec.name == "lama" else 3
+
+
+def pick_dtype(name: str, device: torch.device) -> tuple[str, str | None]:
+    """The network precision to use on `device`, and a note when it differs from `name`.
+
+    Half precision on a CPU has no fast kernels (fp16 ran 50x slower than fp32); bf16 is
+    used on a CPU only where it has native bf16 instructions, and on CUDA only where supported.
+    """
+    if name == "fp16" and device.type == "cpu":
+        return "fp32", "fp16 has no fast kernels on the CPU (about 50x slower); running in fp32"
+    if name == "bf16" and device.type == "cpu":
+        native = _cpu_has_bf16()
+        if native is False:
+            return "fp32", "this CPU has no native bf16 instructions (bf16 ran about 2x slower); running in fp32"
+        if native is None:
+            return name, "bf16 on a CPU without native bf16 instructions runs about 2x slower than fp32"
+    if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return "fp32", "this GPU does not support bf16; running in fp32"
+    return name, None
+
+
+def _cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool | None:
+    """Whether the CPU has native bf16 arithmetic (x86 AVX512-BF16/AMX, Arm BF16); None if unknown."""
+    check = getattr(getattr(torch._C, "_cpu", None), "_is_avx512_bf16_supported", None)
+    if check is not None:
+        return bool(check())
+    try:
+        flags = set(Path(cpuinfo).read_text().replace(":", " ").split())
+    except OSError:
+        return None
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
 def pick_device(name: str) -> torch.device:
@@ -153,20 +206,58 @@ def _network(spec: NetworkConfig) -> torch.nn.Module:
                          if OmegaConf.is_config(params) else dict(params))
 
 
-def _weights_path(spec: NetworkConfig, weights_dir, download: bool) -> Path:
-    """The weight file of a network; a fresh download is checked by a strict load (on 'meta')."""
-    if spec.weights is None:
-        raise ConfigError(f"no weights given for the {spec.name} network (set its 'weights' key)")
-
+def _verifier(spec: NetworkConfig):
+    """A check that a downloaded file fits the network: a strict load onto 'meta' tensors."""
     def verify(path: Path) -> None:
         with torch.device("meta"), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # copying into meta tensors is a (wanted) no-op
             load_weights(_network(spec), path)
+    return verify
 
-    # A relative path of a bundled file (e.g. weights/demo/...) also works outside the repository.
-    bundled = REPO_DIR / spec.weights
-    weights = bundled if not Path(spec.weights).expanduser().exists() and bundled.is_file() else spec.weights
-    return resolve_weights(weights, weights_dir, download=download, verify=verify)
+
+def _local_weights(spec: NetworkConfig, weights_dir) -> Path | None:
+    """The weight file of a network if it is here; None for a registry file still to download."""
+    if spec.weights is None:
+        raise ConfigError(f"no weights given for the {spec.name} network (set its 'weights' key)")
+    path = Path(spec.weights).expanduser()
+    if path.is_file():
+        return path
+    bundled = REPO_DIR / spec.weights  # bundled files (weights/demo/...) work from any folder
+    if bundled.is_file():
+        return bundled
+    if spec.weights not in REGISTRY:
+        return resolve_weights(spec.weights, weights_dir, download=False)  # raises, naming the value
+    return find_weights(REGISTRY[spec.weights], weights_dir)
+
+
+def locate_weights(cfg: InferenceConfig, weights_dir=None, download: bool = True) -> list[Path]:
+    """The estimator's and the prior's weight files, downloading missing registry files.
+
+    When a file is missing and cannot be fetched, one WeightsError names every missing file of
+    the config (name, size, URL, target path) and the ways around it.
+    """
+    specs = (cfg.estimator, cfg.prior)
+    paths = [_local_weights(spec, weights_dir) for spec in specs]
+    reason = "downloading is off (--no-download)"
+    for i, spec in enumerate(specs):
+        if paths[i] is None and download:
+            try:
+                paths[i] = resolve_weights(spec.weights, weights_dir, download=True, verify=_verifier(spec))
+            except WeightsError as e:
+                reason = str(e).split(". Download ")[0]
+                break
+    missing = [REGISTRY[spec.weights] for spec, path in zip(specs, paths) if path is None]
+    if missing:
+        raise WeightsError(
+            f"'{cfg.name}' needs {len(missing)} weight file(s) that are not here ({reason.rstrip('.')})\n"
+            f"{describe_missing(missing, weights_dir)}\n"
+            f"Put the files at those paths by hand (or run `python scripts/download_weights.py` where there is "
+            f"internet access), point --weights-dir or $DIFFACE_WEIGHTS at a folder holding them, or pass the "
+            f"files' paths: estimator.weights=/path/file.pth prior.weights=/path/file.pth (key=value "
+            f"overrides, or the same keys in a YAML given to --cfg).\n"
+            f"`--cfg demo` runs offline with the small bundled model, as a demonstration of the pipeline "
+            f"(it is not a restorer).")
+    return paths
 
 
 def _build(spec: NetworkConfig, weights: Path, device: torch.device) -> torch.nn.Module:
@@ -178,17 +269,19 @@ def _build(spec: NetworkConfig, weights: Path, device: torch.device) -> torch.nn
 
 
 def build_difface(cfg: InferenceConfig, device: torch.device, weights_dir: str | os.PathLike | None = None,
-                  download: bool = True) -> DifFace:
-    """Build the networks of `cfg`, load their weights and wrap them in the method."""
+                  download: bool = True, dtype: str | None = None) -> DifFace:
+    """Build the networks of `cfg`, load their weights and wrap them in the method.
+
+    `dtype` overrides `cfg.dtype` (e.g. the result of :func:`pick_dtype`)."""
     # Find (or fetch) both weight files before building anything large.
-    paths = [_weights_path(spec, weights_dir, download) for spec in (cfg.estimator, cfg.prior)]
+    paths = locate_weights(cfg, weights_dir, download)
     estimator = _build(cfg.estimator, paths[0], device)
     prior = _build(cfg.prior, paths[1], device)
     schedule = DiffusionSchedule.from_name(cfg.diffusion.schedule, cfg.diffusion.steps)
     s = cfg.sampling
     return DifFace(estimator, prior, schedule, image_size=cfg.image_size, start_step=s.start_step,
                    grid=s.grid, steps=s.steps, official_start=s.official_start, eta=s.eta,
-                   sampler=s.sampler, dtype=cfg.dtype, correct_x0_factory=correction(cfg))
+                   sampler=s.sampler, dtype=dtype or cfg.dtype, correct_x0_factory=correction(cfg))
 
 
 def correction(cfg: InferenceConfig):

@@ -234,11 +234,45 @@ def test_registry_names_urls_and_layout(tmp_path):
         ck.get_spec("swinir")
 
 
-def test_default_weights_dir(monkeypatch, tmp_path):
+def test_default_weights_dir_is_a_user_cache(monkeypatch, tmp_path):
     monkeypatch.delenv("DIFFACE_WEIGHTS", raising=False)
-    assert ck.default_weights_dir() == Path("weights")
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert ck.default_weights_dir() == tmp_path / "home" / ".cache" / "difface"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert ck.default_weights_dir() == tmp_path / "xdg" / "difface"
     monkeypatch.setenv("DIFFACE_WEIGHTS", str(tmp_path))
     assert ck.default_weights_dir() == tmp_path
+    monkeypatch.chdir(tmp_path / "..")
+    assert ck.default_weights_dir() == tmp_path  # independent of the working folder
+
+
+def test_lookup_order_cache_then_repository_weights(monkeypatch, tmp_path):
+    spec = ck.REGISTRY["lama_inpainting256"]
+    cache, repo = tmp_path / "cache", tmp_path / "repo_weights"
+    monkeypatch.setenv("DIFFACE_WEIGHTS", str(cache))
+    monkeypatch.setattr(ck, "REPO_WEIGHTS", repo)
+    monkeypatch.chdir(tmp_path)
+    assert ck.find_weights(spec) is None
+    spec.path(repo).parent.mkdir(parents=True)
+    spec.path(repo).write_bytes(b"old")
+    assert resolve_weights("lama_inpainting256", download=False) == spec.path(repo)  # files placed earlier
+    spec.path(cache).parent.mkdir(parents=True)
+    spec.path(cache).write_bytes(b"new")
+    assert resolve_weights("lama_inpainting256", download=False) == spec.path(cache)
+    assert ck.find_weights(spec, tmp_path / "explicit") == spec.path(repo)  # --weights-dir replaces the cache
+    explicit = tmp_path / "explicit"
+    spec.path(explicit).parent.mkdir(parents=True)
+    spec.path(explicit).write_bytes(b"x")
+    assert ck.find_weights(spec, explicit) == spec.path(explicit)
+
+
+def test_describe_missing_names_size_url_and_target(tmp_path):
+    specs = [ck.REGISTRY["swinir_restoration512_L1"], ck.REGISTRY["iddpm_ffhq512_ema500000"]]
+    text = ck.describe_missing(specs, tmp_path)
+    for spec in specs:
+        assert spec.filename in text and spec.url in text and str(spec.path(tmp_path)) in text
+    assert "about 86 MiB" in text and "about 610 MiB" in text
 
 
 # --------------------------------------------------------------------------- resolving / downloading

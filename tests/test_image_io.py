@@ -168,3 +168,20 @@ def test_tensor_uint8_conversions():
     torch.testing.assert_close(io_.hwc_to_tensor(hwc), t, rtol=0, atol=0)
     with pytest.raises(ValueError, match="uint8"):
         io_.uint8_to_tensor(rgb.astype(np.float32))
+
+
+def test_gif_first_frame_and_animation_reported(tmp_path):
+    from PIL import Image
+    frames = [Image.fromarray(np.full((6, 5, 3), v, np.uint8)) for v in (10, 250, 90)]
+    frames[0].save(tmp_path / "a.gif", save_all=True, append_images=frames[1:])
+    with pytest.warns(UserWarning, match="animated GIF with 3 frames"):
+        img = io_.read_image(tmp_path / "a.gif")
+    assert img.shape == (3, 6, 5) and torch.allclose(img, torch.full_like(img, 10 / 255))
+    assert tmp_path / "a.gif" in io_.list_images(tmp_path)
+
+
+def test_grey_detection_and_conversion():
+    grey = torch.rand(1, 8, 8).expand(3, 8, 8)
+    assert io_.is_grey(grey) and not io_.is_grey(torch.rand(3, 8, 8))
+    out = io_.to_grey(torch.rand(2, 3, 8, 8))
+    assert torch.equal(out[:, 0], out[:, 1]) and torch.equal(out[:, 1], out[:, 2])

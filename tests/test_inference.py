@@ -14,6 +14,17 @@ from datapipe.image_io import write_image
 from models import build_network
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch, tmp_path):
+    """No test reaches the internet or the user's cache: downloads go to a closed local port."""
+    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("DIFFACE_WEIGHTS_URL_BASE", "http://127.0.0.1:9")
+    monkeypatch.setenv("DIFFACE_WEIGHTS", str(tmp_path / "weights-cache"))
+
+
 def _faces(folder: Path, names, size=32, seed=0) -> Path:
     rng = np.random.default_rng(seed)
     for name in names:
@@ -125,7 +136,7 @@ def test_missing_weights_and_bad_config_values(tiny_cfg, tmp_path, capsys):
     assert _run("-i", src, "-o", tmp_path / "o", "--aligned", "--no-download", "--weights-dir", tmp_path / "w",
                 "--cfg", "difface_ffhq512") == 2
     err = capsys.readouterr().err
-    assert "swinir_restoration512_L1.pth not found" in err and "by hand" in err
+    assert "swinir_restoration512_L1.pth" in err and "iddpm_ffhq512_ema500000.pth" in err and "by hand" in err
     assert _run("-i", src, "-o", tmp_path / "o", "--aligned", "--cfg", tiny_cfg, "--start-step", 1000) == 2
     assert "sampling.start_step" in capsys.readouterr().err
     assert _run("-i", src, "-o", tmp_path / "o", "--aligned", "--cfg", tiny_cfg, "no_such_key=1") == 2
@@ -187,7 +198,7 @@ def test_whole_photos_faces_are_restored_and_pasted(tiny_cfg, tmp_path, shared_d
     cv2.imwrite(str(src / "landscape.png"), np.tile(np.linspace(0, 255, 300, dtype=np.uint8), (200, 1)))
     cv2.imwrite(str(src / "dot.png"), np.zeros((1, 1, 3), np.uint8))
     out = tmp_path / "out"
-    assert _run("-i", src, "-o", out, "--cfg", tiny_cfg, "--save-faces", "--draw-box") == 0
+    assert _run("-i", src, "-o", out, "--cfg", tiny_cfg, "--save-faces", "--draw-box", "--allow-downscale") == 0
     manifest = json.loads(next(out.glob("manifest_*.json")).read_text())
     records = {Path(r["input"]).name: r for r in manifest["images"]}
     assert len(records["test1.jpg"]["faces"]) >= 1 and len(records["grey.png"]["faces"]) >= 1
@@ -200,6 +211,8 @@ def test_whole_photos_faces_are_restored_and_pasted(tiny_cfg, tmp_path, shared_d
         expected = (round(h * factor) * 2, round(w * factor) * 2)
         assert read_image(out / "restored_image" / (Path(name).stem + ".png")).shape[-2:] == expected, name
     assert (out / "cropped_faces" / "02_00.png").is_file() and (out / "restored_faces" / "02_03.png").is_file()
+    grey_out = read_image(out / "restored_image" / "grey.png")
+    assert torch.equal(grey_out[0], grey_out[1]) and torch.equal(grey_out[1], grey_out[2]), "grey input, tinted output"
 
 
 def test_whole_photo_limits_and_missing_detector(tiny_cfg, tmp_path, capsys):
