@@ -16,12 +16,10 @@ import atexit
 import contextlib
 import io
 import os
-import re
 import shutil
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -31,11 +29,11 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import inference  # noqa: E402
-from datapipe.image_io import ImageReadError, read_image, tensor_to_uint8  # noqa: E402
+from datapipe.image_io import image_size, read_image, tensor_to_uint8  # noqa: E402
 from datapipe.jobs import PlanError, plan_jobs  # noqa: E402
 from models.checkpoint import WeightsError  # noqa: E402
 from models.difface import DifFace  # noqa: E402
-from models.pipeline import DEVICES, ConfigError, build_difface, correction, pick_device  # noqa: E402
+from models.pipeline import DEVICES, ConfigError, build_difface, make_difface, pick_device, pick_dtype  # noqa: E402
 from models.samplers import SAMPLERS  # noqa: E402
 
 CLI_DEFAULTS = inference.parse_args(["-i", "-", "-o", "-"])  # the demo follows the CLI's defaults
@@ -69,23 +67,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 class UploadError(ValueError):
     """An upload the demo does not take; the message is shown to the user."""
-
-
-def image_size(path: Path) -> tuple[int, int] | None:
-    """(width, height) of an image file from its header, nothing decoded; None if not an image we know.
-
-    PIL refuses to open images far above its own limit; their pixel count is returned as (n, 1).
-    """
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as im:  # reads the header only
-                return im.size
-    except Image.DecompressionBombError as e:
-        found = re.search(r"\((\d+) pixels\)", str(e))
-        return (int(found[1]) if found else 2 ** 40, 1)
-    except Exception:  # noqa: BLE001 - PIL raises several types for files it cannot identify
-        return None
 
 
 def check_upload(path: Path, max_pixels: float) -> tuple[int, int]:
@@ -125,7 +106,10 @@ class Restorer:
         self.opts = opts
         self.cfg = self.resolve([])
         self.device = pick_device(opts.device)
-        self.base = build_difface(self.cfg, self.device, opts.weights_dir, opts.download)
+        self.dtype, note = pick_dtype(self.cfg.dtype, self.device)
+        if note:
+            print(f"warning: {note}", file=sys.stderr)
+        self.base = build_difface(self.cfg, self.device, opts.weights_dir, opts.download, dtype=self.dtype)
         self.workdir = Path(tempfile.mkdtemp(prefix="difface-app-"))
         atexit.register(shutil.rmtree, self.workdir, True)
 
@@ -149,7 +133,7 @@ class Restorer:
 
         The prior is wrapped to move the progress bar at every reverse step.
         """
-        s, base, calls = cfg.sampling, self.base, [0]
+        base, calls = self.base, [0]
 
         def prior(x, t):
             n = len(method.timesteps)
@@ -158,9 +142,7 @@ class Restorer:
             progress((done, n), desc=f"reverse step {done}/{n}" + (f" (pass {rnd})" if rnd > 1 else ""))
             return base.prior(x, t)
 
-        method = DifFace(base.estimator, prior, base.schedule, image_size=cfg.image_size, start_step=s.start_step,
-                         grid=s.grid, steps=s.steps, official_start=s.official_start, eta=s.eta, sampler=s.sampler,
-                         dtype=cfg.dtype, correct_x0_factory=correction(cfg))
+        method = make_difface(cfg, base.estimator, prior, self.dtype)
         return method
 
     def new_folder(self) -> Path:
@@ -171,15 +153,15 @@ class Restorer:
         return Path(tempfile.mkdtemp(dir=self.workdir))
 
     def __call__(self, upload, aligned, start_step, steps, sampler, num_samples, seed, upscale, show_estimate,
-                 progress=gr.Progress()):
+                 allow_downscale=False, progress=gr.Progress()):
         try:
             return self.restore(upload, aligned, start_step, steps, sampler, num_samples, seed, upscale,
-                                show_estimate, progress)
+                                show_estimate, progress, allow_downscale)
         except (UploadError, ConfigError, PlanError, ValueError, TypeError) as e:
             raise gr.Error(str(e), print_exception=False) from None
 
     def restore(self, upload, aligned, start_step, steps, sampler, num_samples, seed, upscale, show_estimate,
-                progress):
+                progress, allow_downscale=False):
         if not upload:
             raise UploadError("upload an image first")
         src = Path(upload)
@@ -192,6 +174,7 @@ class Restorer:
                  "--seed", str(int(seed)), "--upscale", str(upscale), "--save-faces"]
         extra += ["--steps", str(steps)] if steps else []
         extra += ["--aligned", "--save-estimate"] if aligned else []
+        extra += ["--allow-downscale"] if allow_downscale else []
         args = self.cli_args(str(src), out, extra)
         cfg = inference.resolve_config(args)
         method = self.method(cfg, progress)
@@ -227,7 +210,11 @@ class Restorer:
             what = f"{size[0]}x{size[1]} face"
         else:
             found = len(job.record.get("faces", []))
-            what = f"{found} face(s) found" + ("" if found else ": the photo is only upscaled")
+            kept = len(job.record.get("kept_large", []))
+            what = f"{found} face(s) restored" + ("" if found or kept else ": the photo is only upscaled")
+            if kept:
+                what += (f"; {kept} face(s) larger than the model's {self.cfg.image_size} px left as they were "
+                         "(tick 'restore large faces too' to restore them at the model's size)")
         note = (f"{what}; {evals} network evaluations per face and sample; {seconds:.1f} s"
                 + ("" if estimate or not show_estimate else "; the estimator output is shown for aligned faces"))
         return ((np.asarray(before), restored[0]), samples, gr.update(value=estimate, visible=estimate is not None),
@@ -262,6 +249,8 @@ def build_app(restorer: Restorer) -> gr.Blocks:
                 upscale = gr.Slider(1, MAX_UPSCALE, value=CLI_DEFAULTS.upscale, step=1, label="upscale (whole photos)")
                 show_estimate = gr.Checkbox(label="also show the estimator output f(y)", value=False,
                                             elem_id="show-estimate")
+                allow_downscale = gr.Checkbox(label="restore large faces too (whole photos: faces above 1.5x the "
+                                              "model's size are otherwise left as they were)", value=False)
                 button = gr.Button("Restore", variant="primary", elem_id="restore")
             with gr.Column():
                 compare = gr.ImageSlider(label="before / after", type="filepath", format="png", elem_id="compare")
@@ -271,7 +260,8 @@ def build_app(restorer: Restorer) -> gr.Blocks:
                 estimate = gr.Image(label="estimator output f(y)", visible=False, format="png", elem_id="estimate")
                 faces = gr.Gallery(label="faces found (input, restored)", columns=4, height=300, format="png",
                                    visible=False, elem_id="faces")
-        button.click(restorer, [upload, aligned, start_step, steps, sampler, num_samples, seed, upscale, show_estimate],
+        button.click(restorer, [upload, aligned, start_step, steps, sampler, num_samples, seed, upscale, show_estimate,
+                                allow_downscale],
                      [compare, gallery, estimate, download, faces, note])
     return demo
 

@@ -277,6 +277,15 @@ def build_difface(cfg: InferenceConfig, device: torch.device, weights_dir: str |
     paths = locate_weights(cfg, weights_dir, download)
     estimator = _build(cfg.estimator, paths[0], device)
     prior = _build(cfg.prior, paths[1], device)
+    return make_difface(cfg, estimator, prior, dtype)
+
+
+def make_difface(cfg: InferenceConfig, estimator, prior, dtype: str | None = None) -> DifFace:
+    """The method with the schedule and sampling settings of `cfg` around built networks.
+
+    Used by :func:`build_difface` and by callers that keep the networks and change only the
+    sampling settings (the web demo, per request).
+    """
     schedule = DiffusionSchedule.from_name(cfg.diffusion.schedule, cfg.diffusion.steps)
     s = cfg.sampling
     return DifFace(estimator, prior, schedule, image_size=cfg.image_size, start_step=s.start_step,

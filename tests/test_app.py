@@ -28,6 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import app  # noqa: E402
+import datapipe.image_io  # noqa: E402
 import inference  # noqa: E402
 from datapipe.image_io import read_image, write_image  # noqa: E402
 
@@ -235,9 +236,10 @@ class Bar:
         self.calls.append(value)
 
 
-def _restore(restorer, path, aligned=True, start_step=400, steps=0, samples=1, upscale=2, estimate=False, bar=None):
+def _restore(restorer, path, aligned=True, start_step=400, steps=0, samples=1, upscale=2, estimate=False, bar=None,
+             allow_downscale=False):
     return restorer.restore(str(path) if path else None, aligned, start_step, steps, "ddim", samples, 12345, upscale, estimate,
-                            bar or Bar())
+                            bar or Bar(), allow_downscale)
 
 
 def test_handler_writes_the_bytes_the_command_line_writes(tiny_restorer, tiny_cfg, tmp_path):
@@ -267,11 +269,11 @@ def png_header(path: Path, side: int) -> Path:
 
 def test_bad_uploads_are_refused_with_a_message(tiny_restorer, tmp_path, monkeypatch):
     monkeypatch.setattr(app, "read_image", lambda *a: pytest.fail("decoded before the checks"))
-    monkeypatch.setattr(inference, "read_image", lambda *a: pytest.fail("decoded before the checks"))
+    monkeypatch.setattr(datapipe.image_io, "read_image", lambda *a: pytest.fail("decoded before the checks"))
     empty = tmp_path / "empty.jpg"
     empty.write_bytes(b"")
     cases = [(png_header(tmp_path / "big.png", 8000), "big.png: the image is 8000x8000 = 64.0 megapixels, above"),
-             (png_header(tmp_path / "bomb.png", 30000), "bomb.png: the image is 900.0 megapixels, above"),
+             (png_header(tmp_path / "bomb.png", 30000), "bomb.png: the image is 30000x30000 = 900.0 megapixels, above"),
              (empty, "empty.jpg: the file is empty")]
     for path, words in cases:
         with pytest.raises(app.UploadError, match=words.replace(".", r"\.")):
@@ -286,7 +288,7 @@ def test_bad_settings_are_refused_with_a_message(tiny_restorer, tmp_path):
     write_image(face, np.zeros((FACE_H, FACE_W, 3), np.uint8))
     with pytest.raises(gr.Error, match="cannot take 200 distinct steps below start step 100"):
         tiny_restorer(str(face), True, 100, 200, "ddim", 1, 0, 2, False, Bar())
-    with pytest.raises(gr.Error, match="argument --sampler: invalid choice: 'euler'"):
+    with pytest.raises(gr.Error, match="invalid value 'euler' for 'sampling.sampler'"):
         tiny_restorer(str(face), True, 100, 0, "euler", 1, 0, 2, False, Bar())
     with pytest.raises(gr.Error, match="samples 1-4"):
         tiny_restorer(str(face), True, 100, 0, "ddim", 50, 0, 2, False, Bar())
@@ -299,14 +301,17 @@ def test_bad_settings_are_refused_with_a_message(tiny_restorer, tmp_path):
 
 def test_a_whole_photo_shows_its_faces(tiny_restorer):
     photo = REPO / "examples" / "photos" / "group_00.jpg"
-    compare, samples, estimate, download, faces, note = _restore(tiny_restorer, photo, aligned=False, upscale=1)
+    *_, faces, note = _restore(tiny_restorer, photo, aligned=False, upscale=1)
+    assert faces["value"] == [] and "4 face(s) larger than the model's 32 px left as they were" in note
+    compare, samples, estimate, download, faces, note = _restore(tiny_restorer, photo, aligned=False, upscale=1,
+                                                                 allow_downscale=True)
     h, w = read_image(photo).shape[1:]
     size = (round(w * 512 / h), 512)  # the short side enlarged to 512, upscale 1
     assert read_image(download).shape[1:] == (size[1], size[0])
     assert compare[0].shape[:2] == (size[1], size[0])
     labels = [label for _, label in faces["value"]]
     assert len(labels) >= 4 and labels.count("face 00: input") == labels.count("face 00: restored") == 1
-    assert "face(s) found" in note and estimate["visible"] is False
+    assert "face(s) restored" in note and estimate["visible"] is False
 
 
 def screenshot(out: Path) -> None:

@@ -44,8 +44,6 @@ def test_ablation_n_table_on_a_tiny_model(tiny_cfg, tmp_path, shared_data):
     assert len(list((tmp_path / "N_300" / "restored").glob("*.png"))) == 2
 
 
-@pytest.mark.xfail(strict=True, reason="inference.py --start-step 0 stops with an IndexError at its "
-                                       "'first at step {method.timesteps[0]}' log line (no timesteps at N = 0)")
 def test_ablation_n_at_n_0_is_the_estimator_alone(tiny_cfg, tmp_path, shared_data):
     proc = _ablation_n(tiny_cfg, tmp_path, shared_data / "hq_aligned" / "celebahq_1024_stargan_v2", "0")
     assert "IndexError" not in proc.stderr  # reproduce.py now reports the crash instead of hiding it
