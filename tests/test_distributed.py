@@ -64,7 +64,8 @@ def test_two_ranks_write_what_one_process_writes_and_resume(tiny_cfg, tmp_path):
 
     manifest = _manifest(two)
     records = manifest["images"]
-    keys = [Path(r["input"]).relative_to(src).as_posix() for r in records]
+    # manifest paths are relative to the output folder
+    keys = [Path(os.path.normpath(two / r["input"])).relative_to(src).as_posix() for r in records]
     assert keys == sorted(NAMES + ["broken.png"])  # every input once, in the planned order
     by_key = dict(zip(keys, records))
     assert by_key["broken.png"]["status"] == "failed" and "not an image" in by_key["broken.png"]["error"]
