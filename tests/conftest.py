@@ -2,6 +2,8 @@
 import os
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -67,3 +69,55 @@ def tiny_cfg(tmp_path_factory) -> Path:
     path = root / "tiny.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
+
+
+@pytest.fixture(scope="module")
+def faces(tmp_path_factory) -> Path:
+    """Eight smooth random 40x48 'faces' for training tests (resized and cropped to 32x32 by the
+    datasets); test modules with other needs define their own `faces`."""
+    folder = tmp_path_factory.mktemp("faces")
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        img = cv2.GaussianBlur((rng.random((40, 48, 3)) * 255).astype(np.uint8), (9, 9), 3)
+        cv2.imwrite(str(folder / f"{i:03d}.png"), img)
+    return folder
+
+
+@pytest.fixture
+def registry_cfg(tiny_cfg, tmp_path) -> tuple[Path, Path]:
+    """(config, folder): the tiny networks under the paper's registry names, and a folder holding
+    their files as a weights server would serve them (see `serve_weights`)."""
+    served = tmp_path / "served"
+    served.mkdir()
+    tiny = yaml.safe_load(tiny_cfg.read_text())
+    (served / "swinir_restoration512_L1.pth").write_bytes(Path(tiny["estimator"]["weights"]).read_bytes())
+    (served / "iddpm_ffhq512_ema500000.pth").write_bytes(Path(tiny["prior"]["weights"]).read_bytes())
+    tiny["estimator"]["weights"], tiny["prior"]["weights"] = "swinir_restoration512_L1", "iddpm_ffhq512_ema500000"
+    cfg = tmp_path / "registry.yaml"
+    cfg.write_text(yaml.safe_dump(tiny))
+    return cfg, served
+
+
+@pytest.fixture
+def serve_weights(monkeypatch):
+    """`with serve_weights(folder):` downloads come from an HTTP server on 127.0.0.1 for the block."""
+    import contextlib
+    import functools
+    import http.server
+    import threading
+
+    from tests.test_checkpoint import QuietHandler
+
+    @contextlib.contextmanager
+    def serve(folder: Path):
+        httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(folder)))
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        try:
+            monkeypatch.setenv("DIFFACE_WEIGHTS_URL_BASE", f"http://127.0.0.1:{httpd.server_address[1]}")
+            for var in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+                monkeypatch.delenv(var, raising=False)
+            yield
+        finally:
+            httpd.shutdown()
+
+    return serve

@@ -148,29 +148,10 @@ def test_help_runs():
     assert proc.returncode == 0 and "--start-step" in proc.stdout and "--num-samples" in proc.stdout
 
 
-def test_missing_registry_weights_are_downloaded_and_verified(tiny_cfg, tmp_path, monkeypatch):
+def test_missing_registry_weights_are_downloaded_and_verified(registry_cfg, serve_weights, tmp_path):
     """Registry names resolve under --weights-dir and download from a server on 127.0.0.1."""
-    import functools
-    import http.server
-    import threading
-
-    served = tmp_path / "served"
-    served.mkdir()
-    tiny = yaml.safe_load(tiny_cfg.read_text())
-    (served / "swinir_restoration512_L1.pth").write_bytes(Path(tiny["estimator"]["weights"]).read_bytes())
-    (served / "iddpm_ffhq512_ema500000.pth").write_bytes(Path(tiny["prior"]["weights"]).read_bytes())
-    tiny["estimator"]["weights"], tiny["prior"]["weights"] = "swinir_restoration512_L1", "iddpm_ffhq512_ema500000"
-    cfg = tmp_path / "registry.yaml"
-    cfg.write_text(yaml.safe_dump(tiny))
-
-    from tests.test_checkpoint import QuietHandler
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(served)))
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
-        monkeypatch.setenv("DIFFACE_WEIGHTS_URL_BASE", f"http://127.0.0.1:{httpd.server_address[1]}")
-        for var in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
-            monkeypatch.delenv(var, raising=False)
+    cfg, served = registry_cfg
+    with serve_weights(served):
         src = _faces(tmp_path / "in", ["a.png"])
         weights = tmp_path / "weights"
         assert _run("-i", src, "-o", tmp_path / "out", "--aligned", "--cfg", cfg, "--weights-dir", weights) == 0
@@ -178,8 +159,6 @@ def test_missing_registry_weights_are_downloaded_and_verified(tiny_cfg, tmp_path
         assert (weights / "diffusion" / "iddpm_ffhq512_ema500000.pth").is_file()
         assert not list(weights.rglob("*.part"))
         assert (tmp_path / "out" / "a.png").is_file()
-    finally:
-        httpd.shutdown()
 
 
 # ---- whole photos ---------------------------------------------------------------------------

@@ -263,34 +263,15 @@ def test_offline_message_names_every_missing_file(tmp_path, capsys, download):
     assert not out.exists() and not cache.exists(), "no folders are left behind"
 
 
-def test_download_script_fetches_a_preset(tiny_cfg, tmp_path, monkeypatch, capsys):
-    import functools
-    import http.server
-    import threading
-
-    import yaml
-
-    from tests.test_checkpoint import QuietHandler
-    served = tmp_path / "served"
-    served.mkdir()
-    tiny = yaml.safe_load(tiny_cfg.read_text())
-    (served / "swinir_restoration512_L1.pth").write_bytes(Path(tiny["estimator"]["weights"]).read_bytes())
-    (served / "iddpm_ffhq512_ema500000.pth").write_bytes(Path(tiny["prior"]["weights"]).read_bytes())
-    tiny["estimator"]["weights"], tiny["prior"]["weights"] = "swinir_restoration512_L1", "iddpm_ffhq512_ema500000"
-    cfg = tmp_path / "registry.yaml"
-    cfg.write_text(yaml.safe_dump(tiny))
+def test_download_script_fetches_a_preset(registry_cfg, serve_weights, tmp_path, capsys):
+    cfg, served = registry_cfg
     sys.path.insert(0, str(REPO / "scripts"))
     import download_weights
     weights = tmp_path / "w"
     assert download_weights.main(["--preset", str(cfg), "--weights-dir", str(weights)]) == 2  # port 9: closed
     assert "network error" in capsys.readouterr().err and not weights.exists()
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(served)))
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
-        monkeypatch.setenv("DIFFACE_WEIGHTS_URL_BASE", f"http://127.0.0.1:{httpd.server_address[1]}")
+    with serve_weights(served):
         assert download_weights.main(["--preset", str(cfg), "--weights-dir", str(weights)]) == 0
-    finally:
-        httpd.shutdown()
     assert (weights / "estimator" / "swinir_restoration512_L1.pth").is_file()
     assert (weights / "diffusion" / "iddpm_ffhq512_ema500000.pth").is_file() and not list(weights.rglob("*.part"))
 

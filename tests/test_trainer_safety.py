@@ -8,8 +8,6 @@ import sys
 import time
 from pathlib import Path
 
-import cv2
-import numpy as np
 import pytest
 import torch
 
@@ -21,17 +19,6 @@ CONFIGS = REPO / "configs" / "train"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def faces(tmp_path_factory) -> Path:
-    """Eight smooth random 40x48 'faces' (resized and cropped to 32x32 by the datasets)."""
-    folder = tmp_path_factory.mktemp("faces")
-    rng = np.random.default_rng(0)
-    for i in range(8):
-        img = cv2.GaussianBlur((rng.random((40, 48, 3)) * 255).astype(np.uint8), (9, 9), 3)
-        cv2.imwrite(str(folder / f"{i:03d}.png"), img)
-    return folder
 
 
 def make_cfg(faces: Path, out: Path, *overrides: str, name: str = "tiny_estimator"):
