@@ -30,6 +30,7 @@ from datapipe.photos import PhotoTooLarge, lanczos_background, restore_photo
 from models.checkpoint import WeightsError, default_weights_dir
 from models.difface import image_generator, resize, resize_mask
 from models.pipeline import DEVICES, ConfigError, build_difface, load_config, pick_device
+from models.samplers import SAMPLERS
 
 MIN_FACE_SIDE = 32  # smaller inputs cannot hold a face worth restoring
 DEFAULT_CFG = "demo"  # the bundled model; the paper's: --cfg difface_ffhq512
@@ -62,7 +63,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--textbook-start", action="store_true",
                    help="first network call at N itself (the official code starts one grid point lower)")
     g.add_argument("--eta", type=float, help="DDIM eta (0 = deterministic)")
-    g.add_argument("--sampler", choices=("ddim", "ddpm"), help="reverse-process sampler")
+    g.add_argument("--sampler", choices=tuple(SAMPLERS), help="reverse-process sampler")
     g.add_argument("--num-samples", type=int, help="restorations per input, from different noise")
     g.add_argument("--seed", type=int, help="random seed (each image gets its own stream)")
     r = p.add_argument_group("running")
