@@ -70,6 +70,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     r.add_argument("--batch-size", type=int, help="faces restored together")
     r.add_argument("--device", choices=DEVICES, help="where to run")
     r.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), help="network precision")
+    r.add_argument("--compile", action="store_const", const=True, default=None,
+                   help="torch.compile the networks (long warm-up; for many faces, mainly on CUDA)")
     r.add_argument("--weights-dir", default=None, help="where weight files are looked up "
                    "(default: $DIFFACE_WEIGHTS or ./weights)")
     r.add_argument("--no-download", dest="download", action="store_false",
@@ -109,7 +111,7 @@ def resolve_config(args: argparse.Namespace):
     flags = {"sampling.start_step": args.start_step, "sampling.steps": args.steps,
              "sampling.eta": args.eta, "sampling.sampler": args.sampler,
              "num_samples": args.num_samples, "seed": args.seed, "batch_size": args.batch_size,
-             "device": args.device, "dtype": args.dtype,
+             "device": args.device, "dtype": args.dtype, "compile": args.compile,
              "sampling.official_start": False if args.textbook_start else None, "task": args.task}
     overrides = list(args.overrides) + [f"{k}={v}" for k, v in flags.items() if v is not None]
     name = args.cfg or (INPAINT_CFG if args.task == "inpainting" else DEFAULT_CFG)

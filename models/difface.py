@@ -122,13 +122,13 @@ class DifFace:
         with self._autocast(x.device):
             return self.prior(x, t).float()
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def estimate(self, y: torch.Tensor) -> torch.Tensor:
         """x0_hat = f(y) clamped to [0, 1]; y (B,3,S,S) RGB [0,1] at the model size."""
         with self._autocast(y.device):
             return self.estimator(y).float().clamp(0.0, 1.0)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def restore(self, y: torch.Tensor, generator: Generators = None,
                 start_noise: torch.Tensor | None = None, noise_fn: NoiseFn | None = None,
                 mask: torch.Tensor | None = None) -> Restoration:

@@ -21,6 +21,7 @@ from . import DiffusionConfig, NetworkConfig, build_network
 from .checkpoint import load_weights, resolve_weights
 from .diffusion import DiffusionSchedule
 from .difface import DTYPES, DifFace, known_pixel_correction
+from .runtime import configure_backends, prepare_network
 from .samplers import SAMPLERS
 
 REPO_DIR = Path(__file__).resolve().parents[1]
@@ -77,6 +78,8 @@ class InferenceConfig:
     batch_size: int = 1
     device: str = "auto"
     dtype: str = "fp32"
+    channels_last: bool = True  # networks in NHWC memory order (same values, faster convolutions)
+    compile: bool = False  # torch.compile the networks (CUDA: CUDA graphs); long warm-up, for large runs
 
 
 class ConfigError(ValueError):
@@ -169,12 +172,13 @@ def _weights_path(spec: NetworkConfig, weights_dir, download: bool) -> Path:
     return resolve_weights(weights, weights_dir, download=download, verify=verify)
 
 
-def _build(spec: NetworkConfig, weights: Path, device: torch.device) -> torch.nn.Module:
-    """A network with its weights, frozen, in eval mode, on `device`."""
+def _build(spec: NetworkConfig, weights: Path, device: torch.device, channels_last: bool = False,
+           compile: bool = False) -> torch.nn.Module:
+    """A network with its weights, frozen, in eval mode, on `device` (see `models.runtime.prepare_network`)."""
     net = _network(spec)
     load_weights(net, weights)
     net.requires_grad_(False)
-    return net.eval().to(device)
+    return prepare_network(net.eval().to(device), device, channels_last, compile)
 
 
 def build_difface(cfg: InferenceConfig, device: torch.device, weights_dir: str | os.PathLike | None = None,
@@ -182,8 +186,9 @@ def build_difface(cfg: InferenceConfig, device: torch.device, weights_dir: str |
     """Build the networks of `cfg`, load their weights and wrap them in the method."""
     # Find (or fetch) both weight files before building anything large.
     paths = [_weights_path(spec, weights_dir, download) for spec in (cfg.estimator, cfg.prior)]
-    estimator = _build(cfg.estimator, paths[0], device)
-    prior = _build(cfg.prior, paths[1], device)
+    configure_backends(device)
+    estimator = _build(cfg.estimator, paths[0], device, cfg.channels_last, cfg.compile)
+    prior = _build(cfg.prior, paths[1], device, cfg.channels_last, cfg.compile)
     schedule = DiffusionSchedule.from_name(cfg.diffusion.schedule, cfg.diffusion.steps)
     s = cfg.sampling
     return DifFace(estimator, prior, schedule, image_size=cfg.image_size, start_step=s.start_step,

@@ -9,6 +9,8 @@ Noise: each stochastic step draws ``z`` from the caller's ``torch.Generator`` â€
 the batch, or one per sample so that a sample's result does not depend on its batch. A
 ``noise_fn(step, like)`` may replace the draws (to replay recorded noise). Draw order: one draw
 per step that adds noise (sigma > 0), in loop order; none at the last step or with eta = 0.
+When the generators live on another device than the chain (CPU generators, CUDA model), all
+draws of the chain are made up front (`chain_noise`): the same numbers, one transfer.
 
 The network is called as ``model(x_t, t)`` with ``t`` the (B,) int64 base steps and returns
 (B, C, H, W) noise predictions, or (B, 2C, H, W) with variance logits in the second half.
@@ -43,6 +45,45 @@ def draw_noise(like: torch.Tensor, generator: Generators = None) -> torch.Tensor
         torch.randn(like.shape[1:], generator=g, device=g.device, dtype=torch.float32).to(like.device)
         for g in generator
     ])
+
+
+def chain_noise(like: torch.Tensor, generator: Generators, count: int) -> NoiseFn:
+    """A `noise_fn` replaying `count` draws made now, up front, in the order the loop would make them.
+
+    The numbers are bit-identical to drawing step by step from the same generator(s), because
+    the same calls are made in the same order; they are moved to `like`'s device in one copy, so
+    no step of a GPU chain waits on a host-to-device transfer. Memory: count x like.
+    """
+    draws = [_draw_on_generator_device(like, generator) for _ in range(count)]
+    stacked = torch.stack(draws).to(like.device) if draws else None
+    order = iter(range(count))
+
+    def noise_fn(step: int, x: torch.Tensor) -> torch.Tensor:
+        index = next(order, None)
+        if index is None:
+            raise RuntimeError(f"the chain asked for more than the {count} noise draws made up front")
+        return stacked[index]
+
+    return noise_fn
+
+
+def _draw_on_generator_device(like: torch.Tensor, generator: Generators) -> torch.Tensor:
+    """`draw_noise` without the final move to `like`'s device."""
+    if generator is None or isinstance(generator, torch.Generator):
+        device = generator.device if generator is not None else like.device
+        return torch.randn(like.shape, generator=generator, device=device, dtype=torch.float32)
+    if len(generator) != like.shape[0]:
+        raise ValueError(f"got {len(generator)} generators for a batch of {like.shape[0]}")
+    return torch.stack([torch.randn(like.shape[1:], generator=g, device=g.device, dtype=torch.float32)
+                        for g in generator]).to(generator[0].device)
+
+
+def _host_generators(generator: Generators, x: torch.Tensor) -> bool:
+    """True when the noise would be drawn on another device than x's (e.g. CPU generators, CUDA model)."""
+    if generator is None:
+        return False
+    gens = [generator] if isinstance(generator, torch.Generator) else list(generator)
+    return any(g.device.type != x.device.type for g in gens)
 
 
 def _split_output(out: torch.Tensor, channels: int) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -152,6 +193,8 @@ def ddim_sample_loop(model: Callable, x_start: torch.Tensor, timesteps: Sequence
     """
     steps = _check_timesteps(timesteps, schedule)
     x = x_start.float()
+    if noise_fn is None and eta > 0 and _host_generators(generator, x):
+        noise_fn = chain_noise(x, generator, len(steps) - 1)  # one draw per step but the last
     for k, t in enumerate(steps):
         t_prev = steps[k + 1] if k + 1 < len(steps) else None
         eps, _ = _split_output(_call_model(model, x, t), x.shape[1])
@@ -178,6 +221,8 @@ def ddpm_sample_loop(model: Callable, x_start: torch.Tensor, timesteps: Sequence
     respaced = schedule.respace(steps)
     position = {int(t): i for i, t in enumerate(respaced.timesteps)}
     x = x_start.float()
+    if noise_fn is None and _host_generators(generator, x):
+        noise_fn = chain_noise(x, generator, sum(position[t] > 0 for t in steps))
     for k, t in enumerate(steps):
         eps, v = _split_output(_call_model(model, x, t), x.shape[1])
         index = position[t]
