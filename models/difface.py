@@ -7,7 +7,9 @@
 Where the reverse chain starts is stated here and only here. The official code noises to
 level N and makes its first network call at the next lower point of its sampling grid
 (`official_start=True`, the default, so that released weights give the official results);
-the textbook chain (`official_start=False`) makes its first call at N itself.
+the textbook chain (`official_start=False`) makes its first call at N itself. The ODE solver
+(`dpmpp_2m`, no official counterpart) always starts where x_N is, at N: treating a state of
+level N as one of a lower level leaves noise that its few deterministic steps never remove.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from .diffusion import DiffusionSchedule, space_timesteps
 from .samplers import SAMPLERS, Generators, NoiseFn, draw_noise
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+STARTS_AT_N = ("dpmpp_2m",)  # samplers whose first evaluation is always at N (textbook start)
 
 
 def sampling_timesteps(start_step: int, num_steps: int, grid: str | None = "ddim250",
@@ -109,6 +112,7 @@ class DifFace:
         self.estimator, self.prior, self.schedule = estimator, prior, schedule
         self.image_size, self.start_step, self.eta = image_size, start_step, eta
         self.sampler, self.dtype = sampler, dtype
+        official_start = official_start and sampler not in STARTS_AT_N
         self.timesteps = sampling_timesteps(start_step, schedule.num_steps, grid, steps, official_start)
         self.correct_x0_factory = correct_x0_factory
 

@@ -71,7 +71,8 @@ def test_is_registered_and_runs_in_the_method_without_drawing_step_noise():
     schedule = DiffusionSchedule.from_name("linear", 1000)
     net = SmallNet().eval()
     method = DifFace(lambda y: y, net, schedule, image_size=16, start_step=400, steps=5, sampler="dpmpp_2m")
-    assert method.timesteps == sampling_timesteps(400, 1000, steps=5) == [320, 240, 160, 80, 0]
+    # the solver's first evaluation is at N, where x_N is (no official off-by-one)
+    assert method.timesteps == sampling_timesteps(400, 1000, steps=5, official_start=False) == [400, 300, 200, 100, 0]
     y = torch.rand(2, 3, 16, 16)
     gen = torch.Generator().manual_seed(0)
     a = method.restore(y, generator=gen).sample
