@@ -155,3 +155,14 @@ def test_benchmark_prints_the_side_by_side_table(tiny_cfg, capsys):
     assert all("| 3 |" in row for row in rows)  # the tiny config's 3 evaluations per face
     with pytest.raises(SystemExit):
         benchmark.parse_args(["--modes", "fp64"])
+
+
+def test_swinir_attention_bias_cache_follows_new_weights():
+    _, swinir = _nets(0)
+    _, other = _nets(1)
+    x = torch.rand(1, 3, 32, 32)
+    with torch.inference_mode():
+        swinir(x)  # fills the caches
+    swinir.load_state_dict(other.state_dict())
+    with torch.inference_mode():
+        torch.testing.assert_close(swinir(x), other(x), atol=0, rtol=0)
