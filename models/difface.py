@@ -7,8 +7,8 @@
 Where the reverse chain starts is stated here and only here. The official code noises to
 level N and makes its first network call at the next lower point of its sampling grid
 (`official_start=True`, the default, so that released weights give the official results);
-the textbook chain (`official_start=False`) makes its first call at N itself. The ODE solver
-(`dpmpp_2m`, no official counterpart) always starts where x_N is, at N: treating a state of
+the textbook chain (`official_start=False`) makes its first call at N itself. The DPM-Solvers
+(`dpmpp_2m`, `dpmpp_2m_sde`; no official counterpart) always start where x_N is, at N: treating a state of
 level N as one of a lower level leaves noise that its few deterministic steps never remove.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ from .diffusion import DiffusionSchedule, space_timesteps
 from .samplers import SAMPLERS, Generators, NoiseFn, draw_noise
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-STARTS_AT_N = ("dpmpp_2m",)  # samplers whose first evaluation is always at N (textbook start)
+STARTS_AT_N = ("dpmpp_2m", "dpmpp_2m_sde")  # samplers whose first evaluation is always at N (textbook start)
 
 
 def sampling_timesteps(start_step: int, num_steps: int, grid: str | None = "ddim250",

@@ -251,8 +251,31 @@ def dpmpp_2m_sample_loop(model: Callable, x_start: torch.Tensor, timesteps: Sequ
     The last step goes to abar = 1 (sigma = 0), where the first-order update returns D_k.
     Arguments as `ddim_sample_loop`; returns the final sample (B, C, H, W) in [-1, 1].
     """
+    return _dpmpp_2m(model, x_start, timesteps, schedule, False, generator, noise_fn, correct_x0, callback)
+
+
+def dpmpp_2m_sde_sample_loop(model: Callable, x_start: torch.Tensor, timesteps: Sequence[int],
+                             schedule: DiffusionSchedule, generator: Generators = None,
+                             noise_fn: NoiseFn | None = None, correct_x0: CorrectX0 | None = None,
+                             callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None
+                             ) -> torch.Tensor:
+    """DPM-Solver++(2M) for the diffusion SDE (Lu et al. 2022, SDE-DPM-Solver++2M): stochastic.
+
+    As `dpmpp_2m_sample_loop` with the update
+
+        x_{k+1} = (sigma_{k+1}/sigma_k) exp(-h) x_k + alpha_{k+1} (1 - exp(-2h)) D
+                  + sigma_{k+1} sqrt(1 - exp(-2h)) z
+
+    one noise draw z per step but the last (which returns D_k), from `generator` / `noise_fn`.
+    """
+    return _dpmpp_2m(model, x_start, timesteps, schedule, True, generator, noise_fn, correct_x0, callback)
+
+
+def _dpmpp_2m(model, x_start, timesteps, schedule, sde: bool, generator, noise_fn, correct_x0, callback):
     steps = _check_timesteps(timesteps, schedule)
     x = x_start.float()
+    if sde and noise_fn is None and _host_generators(generator, x):
+        noise_fn = chain_noise(x, generator, len(steps) - 1)
     x0_prev, h_prev = None, None
     for k, t in enumerate(steps):
         t_next = steps[k + 1] if k + 1 < len(steps) else None
@@ -265,18 +288,24 @@ def dpmpp_2m_sample_loop(model: Callable, x_start: torch.Tensor, timesteps: Sequ
         if t_next is None:  # 2a. final step to sigma = 0: x = D_k
             x = x0
         else:
-            # 2b. exponential-integrator step in lambda (log-SNR)
+            # 2b. exponential-integrator step in lambda = log(alpha / sigma)
             sigma, sigma_next = math.sqrt(1 - ab), math.sqrt(1 - ab_next)
             alpha_next = math.sqrt(ab_next)
             h = 0.5 * math.log(ab_next / (1 - ab_next)) - 0.5 * math.log(ab / (1 - ab))
             d = x0 if x0_prev is None else x0 + (x0 - x0_prev) * (h / (2 * h_prev))
-            x = (sigma_next / sigma) * x - (alpha_next * math.expm1(-h)) * d
+            if sde:
+                z = _step_noise(k, x, generator, noise_fn)
+                x = ((sigma_next / sigma) * math.exp(-h)) * x + (alpha_next * -math.expm1(-2 * h)) * d \
+                    + (sigma_next * math.sqrt(-math.expm1(-2 * h))) * z
+            else:
+                x = (sigma_next / sigma) * x - (alpha_next * math.expm1(-h)) * d
             x0_prev, h_prev = x0, h
         if callback is not None:
             callback(k, x, x0)
     return x
 
 
-SAMPLERS = {"ddim": ddim_sample_loop, "ddpm": ddpm_sample_loop, "dpmpp_2m": dpmpp_2m_sample_loop}
+SAMPLERS = {"ddim": ddim_sample_loop, "ddpm": ddpm_sample_loop, "dpmpp_2m": dpmpp_2m_sample_loop,
+            "dpmpp_2m_sde": dpmpp_2m_sde_sample_loop}
 """Sampler name -> loop. Every loop takes (model, x_start, timesteps, schedule, generator=,
 noise_fn=, correct_x0=, callback=); only 'ddim' also takes `eta`."""

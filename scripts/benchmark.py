@@ -254,6 +254,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--baseline", default=None, metavar="PATH", help="another checkout of this project")
     p.add_argument("--official", default=None, metavar="PATH", help="a checkout of the official DifFace code")
+    p.add_argument("--forward-only", action="store_true", help="only the forward comparison with other checkouts")
     p.add_argument("--end-to-end", action="store_true", help="also time one real fp32 restoration per setting")
     return p.parse_args(argv)
 
@@ -281,6 +282,8 @@ def main(argv=None) -> int:
         for row in forward_comparison(cfg, others, device, args.repeats):
             print(row, flush=True)
         print()
+    if args.forward_only:
+        return 0
     rows = settings(cfg, fast_cfg)
     print("| setting | evals / face | mode | batch | s / face | estimator s | prior s / eval | peak GiB | warm-up s |")
     print("|---|---|---|---|---|---|---|---|---|")

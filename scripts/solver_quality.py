@@ -6,10 +6,10 @@
 For each start step N of --n-values (default: 400 and the config's own N) the held-out faces
 (degraded once, exactly as in scripts/reproduce_small.py) are restored by
   * the reference: DDIM, eta 0.5, on the config's grid below N (100 evaluations at N = 400),
-  * dpmpp_2m with K evaluations for each K of --ks (first evaluation at N), and DDIM
+  * dpmpp_2m and dpmpp_2m_sde with K evaluations for each K of --ks (first evaluation at N), and DDIM
     (eta 0.5, the config's official start) with K of --ddim-ks,
 and scored by PSNR / SSIM against the HQ faces and FID / KID against the HQ set. The
-selected K is the smallest one whose FID and KID are no worse than the reference and whose
+selected K (of either solver) is the smallest one whose FID and KID are no worse than the reference and whose
 PSNR is within --psnr-tolerance dB of it. Writes results.json, results.md and solver.png.
 Every row uses the same generator per (seed, face), so rows differ only by the sampler.
 """
@@ -32,10 +32,14 @@ from metrics.kid import kernel_inception_distance  # noqa: E402
 from models.difface import DifFace  # noqa: E402
 from models.pipeline import ConfigError, load_config, pick_device  # noqa: E402
 
+SOLVERS = ("dpmpp_2m", "dpmpp_2m_sde")
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--heldout", type=Path, required=True, metavar="DIR", help="folder of held-out HQ faces")
+    p.add_argument("--heldout", type=Path, metavar="DIR", help="folder of held-out HQ faces (required unless --merge)")
+    p.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
+                   help="only combine the results.json of earlier runs (e.g. one per N) into --out")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="results folder")
     p.add_argument("--cfg", default="demo", help="inference preset or YAML (default: %(default)s)")
     p.add_argument("--n-values", type=rs.int_list, default=None, metavar="N,N",
@@ -75,10 +79,11 @@ class Scores:
 
 
 def choose(reference: dict, rows: list[dict], tolerance: float) -> dict | None:
-    """The fewest-evaluation dpmpp_2m row no worse than the reference in FID, KID and PSNR - tolerance."""
-    ok = [r for r in rows if r["sampler"] == "dpmpp_2m" and r["fid"] <= reference["fid"]
+    """The fewest-evaluation solver row no worse than the reference in FID, KID and PSNR - tolerance
+    (on a tie the first of SOLVERS)."""
+    ok = [r for r in rows if r["sampler"] in SOLVERS and r["fid"] <= reference["fid"]
           and r["kid_x1000"] <= reference["kid_x1000"] and r["psnr"] >= reference["psnr"] - tolerance]
-    return min(ok, key=lambda r: r["evaluations"]) if ok else None
+    return min(ok, key=lambda r: (r["evaluations"], SOLVERS.index(r["sampler"]))) if ok else None
 
 
 def plot(results: list[dict], out: Path) -> None:
@@ -90,7 +95,7 @@ def plot(results: list[dict], out: Path) -> None:
     for row_axes, res in zip(axes, results):
         ref = res["reference"]
         for ax, (key, title) in zip(row_axes, panels):
-            for sampler, style in (("dpmpp_2m", "o-"), ("ddim", "s--")):
+            for sampler, style in (("dpmpp_2m", "o-"), ("dpmpp_2m_sde", "^-"), ("ddim", "s--")):
                 rows = [r for r in res["rows"] if r["sampler"] == sampler]
                 ax.plot([r["evaluations"] for r in rows], [r[key] for r in rows], style,
                         label=f"{sampler} (K evaluations)")
@@ -118,13 +123,20 @@ def markdown(report: dict) -> str:
             lines.append(f"| {r['label']} | {r['evaluations']} | {r['psnr']:.2f} | {r['ssim']:.4f} | {r['fid']:.2f} "
                          f"| {r['kid_x1000']:.2f} | {r['seconds_per_image']:.3f} |")
         pick = res["selected"]
-        lines += ["", f"Selected: {'dpmpp_2m K = %d' % pick['evaluations'] if pick else 'none qualifies'}", ""]
+        lines += ["", f"Selected: {pick['label'] if pick else 'none qualifies'}", ""]
     return "\n".join(lines + ["![solver](solver.png)", ""])
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     args = parse_args(argv)
+    if args.merge:
+        merge(args.merge, args.out)
+        print(f"wrote {args.out / 'results.md'}", file=sys.stderr)
+        return 0
+    if args.heldout is None:
+        print("error: --heldout DIR is required (unless --merge)", file=sys.stderr)
+        return 2
     torch.set_num_threads(args.threads)
     try:
         cfg = load_config(args.cfg)
@@ -150,11 +162,17 @@ def main(argv=None) -> int:
     runner.restore(DifFace(base.estimator, base.prior, base.schedule, cfg.image_size, 400, steps=1),
                    lq[:1], faces.keys[:1], "warm-up")
     results = []
-    for n in n_values:
-        rows = [run(f"{sampler} K = {k}", sampler, n, k) for sampler, ks in (("dpmpp_2m", args.ks), ("ddim", args.ddim_ks))
-                for k in ks if k <= n]
+    for n in n_values:  # results.json after each N, so that a late failure keeps the earlier numbers
+        rows = [run(f"{sampler} K = {k}", sampler, n, k)
+                for sampler, ks in [*((name, args.ks) for name in SOLVERS), ("ddim", args.ddim_ks)] for k in ks if k <= n]
         ref = run(f"DDIM eta 0.5, grid {s.grid}", "ddim", n, None)
         results.append({"N": n, "reference": ref, "rows": rows, "selected": choose(ref, rows, args.psnr_tolerance)})
+        write(args, cfg, device, faces, argv, results)
+    print(f"wrote {args.out / 'results.md'}", file=sys.stderr)
+    return 0
+
+
+def write(args, cfg, device, faces, argv, results: list[dict]) -> None:
     mach = rs.machine(device)
     meta = {"model": cfg.name, "machine": f"{mach['cpu']} ({mach['cpu_count']} CPUs, {mach['torch_threads']} torch "
                                           f"threads), device {mach['device']}", "torch": torch.__version__,
@@ -166,8 +184,18 @@ def main(argv=None) -> int:
     (args.out / "results.json").write_text(json.dumps(report, indent=1))
     plot(results, args.out)
     (args.out / "results.md").write_text(markdown(report))
-    print(f"wrote {args.out / 'results.md'}", file=sys.stderr)
-    return 0
+
+
+def merge(paths: list[Path], out: Path) -> None:
+    """One report (results.json/.md, solver.png in `out`) from several runs' results.json."""
+    reports = [json.loads(Path(p).read_text()) for p in paths]
+    meta = dict(reports[0]["meta"], command="; ".join(r["meta"]["command"] for r in reports))
+    results = sorted((res for r in reports for res in r["results"]), key=lambda res: -res["N"])
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"meta": meta, "results": results}
+    (out / "results.json").write_text(json.dumps(report, indent=1))
+    plot(results, out)
+    (out / "results.md").write_text(markdown(report))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import inference
 from datapipe.image_io import write_image
 from models.diffusion import DiffusionSchedule
 from models.difface import DifFace, sampling_timesteps
-from models.samplers import SAMPLERS, dpmpp_2m_sample_loop
+from models.samplers import SAMPLERS, dpmpp_2m_sample_loop, dpmpp_2m_sde_sample_loop
 
 
 class SmallNet(nn.Module):
@@ -26,23 +26,27 @@ class SmallNet(nn.Module):
         return self.conv2(torch.tanh(h))
 
 
+@pytest.mark.parametrize("sde", [False, True])
 @pytest.mark.parametrize("steps", [[380, 300, 200, 120, 60, 20, 0], [396, 264, 132, 0], [50, 0]])
-def test_matches_diffusers_dpm_solver_multistep(steps):
+def test_matches_diffusers_dpm_solver_multistep(steps, sde):
     diffusers = pytest.importorskip("diffusers")
     schedule = DiffusionSchedule.from_name("linear", 1000)
     net = SmallNet().eval()
-    x_start = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    gen = torch.Generator().manual_seed(1)
+    x_start = torch.randn(2, 3, 16, 16, generator=gen)
+    noise = [torch.randn(2, 3, 16, 16, generator=gen) for _ in steps]
+    loop = dpmpp_2m_sde_sample_loop if sde else dpmpp_2m_sample_loop
     with torch.no_grad():
-        ours = dpmpp_2m_sample_loop(net, x_start, steps, schedule)
+        ours = loop(net, x_start, steps, schedule, noise_fn=lambda k, x: noise[k])
         ref = diffusers.DPMSolverMultistepScheduler(
             num_train_timesteps=1000, trained_betas=schedule.betas.tolist(), solver_order=2,
-            algorithm_type="dpmsolver++", solver_type="midpoint", lower_order_final=True,
-            final_sigmas_type="zero", thresholding=True, sample_max_value=1.0,
+            algorithm_type="sde-dpmsolver++" if sde else "dpmsolver++", solver_type="midpoint",
+            lower_order_final=True, final_sigmas_type="zero", thresholding=True, sample_max_value=1.0,
             prediction_type="epsilon", variance_type="learned_range")
         ref.set_timesteps(timesteps=steps)
         x = x_start.clone()
-        for t in ref.timesteps:
-            x = ref.step(net(x, t.reshape(1).expand(x.shape[0])), t, x).prev_sample
+        for k, t in enumerate(ref.timesteps):
+            x = ref.step(net(x, t.reshape(1).expand(x.shape[0])), t, x, variance_noise=noise[k]).prev_sample
     assert [int(t) for t in ref.timesteps] == steps
     # diffusers keeps its schedule in float32, ours in float64
     torch.testing.assert_close(ours, x, atol=2e-5, rtol=1e-5)
