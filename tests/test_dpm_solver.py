@@ -26,6 +26,7 @@ class SmallNet(nn.Module):
         return self.conv2(torch.tanh(h))
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 @pytest.mark.parametrize("sde", [False, True])
 @pytest.mark.parametrize("steps", [[380, 300, 200, 120, 60, 20, 0], [396, 264, 132, 0], [50, 0]])
 def test_matches_diffusers_dpm_solver_multistep(steps, sde):
