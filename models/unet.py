@@ -46,22 +46,24 @@ def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10
 
 
 def qkv_attention(qkv: torch.Tensor, num_heads: int, legacy: bool = True) -> torch.Tensor:
-    """Multi-head self-attention on a packed qkv tensor, computed with SDPA.
+    """Multi-head self-attention on a packed, token-major qkv tensor, computed with SDPA.
 
-    qkv: (B, 3*H*C, T) with H = num_heads heads of C channels and T tokens. Legacy order
+    qkv: (B, T, 3*H*C) for T tokens and H = num_heads heads of C channels. Legacy order
     (`legacy=True`, the released models): channels grouped as [head][q|k|v][C], i.e. heads are
     split before q/k/v. New order: [q|k|v][head][C]. The official code scales q and k by
-    C^(-1/4) each, which equals SDPA's default 1/sqrt(C). Returns (B, H*C, T).
+    C^(-1/4) each, which equals SDPA's default 1/sqrt(C). Returns (B, T, H*C).
+    q, k and v are strided views with unit channel stride, which the fused CPU/GPU kernels take
+    without a copy (a channel-major layout would send SDPA to its slow reference path).
     """
-    b, width, t = qkv.shape
+    b, t, width = qkv.shape
     ch = width // (3 * num_heads)
     if legacy:
-        q, k, v = qkv.reshape(b, num_heads, 3 * ch, t).split(ch, dim=2)
+        q, k, v = qkv.view(b, t, num_heads, 3, ch).unbind(dim=3)
     else:
-        q, k, v = qkv.reshape(b, 3, num_heads, ch, t).unbind(dim=1)
-    q, k, v = (z.transpose(-1, -2) for z in (q, k, v))  # (B, H, T, C) views; SDPA takes strided input
+        q, k, v = qkv.view(b, t, 3, num_heads, ch).unbind(dim=2)
+    q, k, v = (z.transpose(1, 2) for z in (q, k, v))  # (B, H, T, C)
     out = F.scaled_dot_product_attention(q, k, v)
-    return out.transpose(-1, -2).reshape(b, num_heads * ch, t)
+    return out.transpose(1, 2).reshape(b, t, num_heads * ch)
 
 
 class GroupNorm32(nn.GroupNorm):
@@ -211,10 +213,15 @@ class AttentionBlock(nn.Module):
         return self._forward(x)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Token-major (B, T, C) throughout: for a channels_last x these are views, no copies.
+        # The 1x1 Conv1d layers are applied as the linear maps they are (same parameters).
         b, c, height, width = x.shape
-        tokens = x.reshape(b, c, height * width)
-        h = qkv_attention(self.qkv(self.norm(tokens)), self.num_heads, self.legacy)
-        return (tokens + self.proj_out(h)).reshape(b, c, height, width)
+        h = self.norm(x).flatten(2).transpose(1, 2)  # GroupNorm of the image = of its tokens
+        qkv = F.linear(h, self.qkv.weight.squeeze(-1), self.qkv.bias)
+        h = qkv_attention(qkv, self.num_heads, self.legacy)
+        h = F.linear(h, self.proj_out.weight.squeeze(-1), self.proj_out.bias)
+        out = x.flatten(2).transpose(1, 2) + h  # (B, T, C)
+        return out.transpose(1, 2).unflatten(2, (height, width))
 
 
 def _heads(channels: int, num_heads: int, num_head_channels: int) -> int:

@@ -12,7 +12,7 @@ table then gives, side by side for each sampling setting (--cfg's, the paper's D
 --fast-cfg's): network evaluations per face and seconds per face = (estimator + evaluations x
 prior) / batch. The samplers' own arithmetic is under 0.1% of a step, so this equals a full
 restoration; --end-to-end also times a real restoration to show it. Peak memory: CUDA peak
-allocated; CPU peak growth of the process's resident set during the timed calls.
+allocated; CPU peak growth of the process's resident set from before the first call.
 
 --baseline PATH / --official PATH import `models/unet.py:UNetModel` and `models/swinir.py:SwinIR`
 from another checkout (today's main, or the official DifFace code) under a private package
@@ -201,11 +201,10 @@ def time_mode(cfg, mode: str, batch: int, device: torch.device, repeats: int) ->
     autocast = (torch.autocast(device.type, dtype=DTYPES[dtype]) if dtype != "fp32" else contextlib.nullcontext())
     y = torch.rand(batch, 3, cfg.image_size, cfg.image_size, device=device)
     t = torch.full((batch,), 200, device=device)
-    with torch.inference_mode(), autocast:
+    with torch.inference_mode(), autocast, PeakMemory(device) as peak:
         warm = timed(lambda: (estimator(y), prior(y * 2 - 1, t)), device)
-        with PeakMemory(device) as peak:
-            best = interleaved({"estimator": lambda: estimator(y), "prior": lambda: prior(y * 2 - 1, t)},
-                               repeats, device)
+        best = interleaved({"estimator": lambda: estimator(y), "prior": lambda: prior(y * 2 - 1, t)},
+                           repeats, device)
     return {**best, "peak_gib": peak.gib, "warmup": warm}
 
 

@@ -47,13 +47,13 @@ def explicit_attention(qkv: torch.Tensor, heads: int, legacy: bool) -> torch.Ten
 @pytest.mark.parametrize("legacy", [True, False])
 def test_sdpa_attention_matches_explicit_softmax(legacy):
     qkv = torch.randn(2, 3 * 3 * 8, 20, generator=torch.Generator().manual_seed(0))
-    out = qkv_attention(qkv, num_heads=3, legacy=legacy)
+    out = qkv_attention(qkv.transpose(1, 2), num_heads=3, legacy=legacy).transpose(1, 2)  # token-major
     assert out.shape == (2, 24, 20)
     torch.testing.assert_close(out, explicit_attention(qkv, 3, legacy), atol=1e-6, rtol=0)
 
 
 def test_legacy_and_new_order_differ():
-    qkv = torch.randn(1, 3 * 2 * 8, 10, generator=torch.Generator().manual_seed(0))
+    qkv = torch.randn(1, 10, 3 * 2 * 8, generator=torch.Generator().manual_seed(0))
     assert (qkv_attention(qkv, 2, legacy=True) - qkv_attention(qkv, 2, legacy=False)).abs().max() > 1e-2
 
 
