@@ -117,7 +117,8 @@ def markdown(report: dict) -> str:
              f"- FID/KID: Inception pool3 of the restored set vs the HQ set ({m['images']} images: FID is biased "
              "upward, compare within a table only)", f"- command: `{m['command']}`", ""]
     for res in report["results"]:
-        lines += [f"## N = {res['N']}", "", "| sampler | evaluations | PSNR ↑ | SSIM ↑ | FID ↓ | KID×10³ ↓ | s / face |",
+        lines += [f"## N = {res['N']}", "",
+                  "| sampler | evaluations | PSNR ↑ | SSIM ↑ | FID ↓ | KID×10³ ↓ | s / face |",
                   "|---|---|---|---|---|---|---|"]
         for r in [res["reference"], *res["rows"]]:
             lines.append(f"| {r['label']} | {r['evaluations']} | {r['psnr']:.2f} | {r['ssim']:.4f} | {r['fid']:.2f} "
@@ -163,8 +164,8 @@ def main(argv=None) -> int:
                    lq[:1], faces.keys[:1], "warm-up")
     results = []
     for n in n_values:  # results.json after each N, so that a late failure keeps the earlier numbers
-        rows = [run(f"{sampler} K = {k}", sampler, n, k)
-                for sampler, ks in [*((name, args.ks) for name in SOLVERS), ("ddim", args.ddim_ks)] for k in ks if k <= n]
+        plan = [*((name, args.ks) for name in SOLVERS), ("ddim", args.ddim_ks)]
+        rows = [run(f"{sampler} K = {k}", sampler, n, k) for sampler, ks in plan for k in ks if k <= n]
         ref = run(f"DDIM eta 0.5, grid {s.grid}", "ddim", n, None)
         results.append({"N": n, "reference": ref, "rows": rows, "selected": choose(ref, rows, args.psnr_tolerance)})
         write(args, cfg, device, faces, argv, results)
