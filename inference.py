@@ -56,7 +56,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--textbook-start", action="store_true",
                    help="first network call at N itself (the official code starts one grid point lower)")
     g.add_argument("--eta", type=float, help="DDIM eta (0 = deterministic)")
-    g.add_argument("--sampler", metavar="NAME", help="reverse-process sampler, a name of models.samplers.SAMPLERS")
+    g.add_argument("--sampler", metavar="NAME",
+                   help="reverse-process sampler: ddim, ddpm, dpmpp_2m (few steps: with --steps K), dpmpp_2m_sde "
+                        "(the registry of models/samplers.py)")
     g.add_argument("--num-samples", type=at_least(1), help="restorations per input, from different noise")
     g.add_argument("--seed", type=int, help="random seed (each image gets its own stream)")
     r = p.add_argument_group("running")
@@ -67,6 +69,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     r.add_argument("--weights-dir", default=None,
                    help="where weight files are looked up and downloaded to (else $DIFFACE_WEIGHTS, else "
                         "$XDG_CACHE_HOME/difface or ~/.cache/difface; the repository's weights/ is also searched)")
+    r.add_argument("--compile", action="store_const", const=True, default=None,
+                   help="torch.compile the networks (long warm-up; for many faces, mainly on CUDA)")
     r.add_argument("--no-download", dest="download", action="store_false", help="never download missing weights")
     r.add_argument("--max-pixels", type=positive, default=40_000_000,
                    help="larger images are refused from their header, before decoding")
@@ -115,7 +119,7 @@ def resolve_config(args: argparse.Namespace):
     flags = {"sampling.start_step": args.start_step, "sampling.steps": args.steps,
              "sampling.eta": args.eta, "sampling.sampler": args.sampler,
              "num_samples": args.num_samples, "seed": args.seed, "batch_size": args.batch_size,
-             "device": args.device, "dtype": args.dtype,
+             "device": args.device, "dtype": args.dtype, "compile": args.compile,
              "sampling.official_start": False if args.textbook_start else None, "task": args.task}
     overrides = list(args.overrides) + [f"{k}={v}" for k, v in flags.items() if v is not None]
     name = args.cfg or (INPAINT_CFG if args.task == "inpainting" else DEFAULT_CFG)

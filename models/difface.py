@@ -7,7 +7,10 @@
 Where the reverse chain starts is stated here and only here. The official code noises to
 level N and makes its first network call at the next lower point of its sampling grid
 (`official_start=True`, the default, so that released weights give the official results);
-the textbook chain (`official_start=False`) makes its first call at N itself.
+the textbook chain (`official_start=False`) makes its first call at N itself. The DPM-Solvers
+(`dpmpp_2m`, `dpmpp_2m_sde`; no official counterpart) always start where x_N is, at N: taking
+a state of level N for one of a lower level leaves noise that a few-step solver does not remove
+(demo model, N = 400, 5 steps: FID 256 instead of 119).
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from .diffusion import DiffusionSchedule, space_timesteps
 from .samplers import SAMPLERS, Generators, NoiseFn, draw_noise
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+STARTS_AT_N = ("dpmpp_2m", "dpmpp_2m_sde")  # samplers whose first evaluation is always at N (textbook start)
 
 
 def sampling_timesteps(start_step: int, num_steps: int, grid: str | None = "ddim250",
@@ -109,6 +113,7 @@ class DifFace:
         self.estimator, self.prior, self.schedule = estimator, prior, schedule
         self.image_size, self.start_step, self.eta = image_size, start_step, eta
         self.sampler, self.dtype = sampler, dtype
+        official_start = official_start and sampler not in STARTS_AT_N
         self.timesteps = sampling_timesteps(start_step, schedule.num_steps, grid, steps, official_start)
         self.correct_x0_factory = correct_x0_factory
 
@@ -122,13 +127,13 @@ class DifFace:
         with self._autocast(x.device):
             return self.prior(x, t).float()
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def estimate(self, y: torch.Tensor) -> torch.Tensor:
         """x0_hat = f(y) clamped to [0, 1]; y (B,3,S,S) RGB [0,1] at the model size."""
         with self._autocast(y.device):
             return self.estimator(y).float().clamp(0.0, 1.0)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def restore(self, y: torch.Tensor, generator: Generators = None,
                 start_noise: torch.Tensor | None = None, noise_fn: NoiseFn | None = None,
                 mask: torch.Tensor | None = None, estimate: torch.Tensor | None = None) -> Restoration:

@@ -21,6 +21,7 @@ from . import DiffusionConfig, NetworkConfig, build_network
 from .checkpoint import REGISTRY, WeightsError, describe_missing, find_weights, load_weights, resolve_weights
 from .diffusion import DiffusionSchedule
 from .difface import DTYPES, DifFace, known_pixel_correction, sampling_timesteps
+from .runtime import configure_backends, prepare_network
 from .samplers import SAMPLERS
 
 REPO_DIR = Path(__file__).resolve().parents[1]
@@ -77,6 +78,8 @@ class InferenceConfig:
     batch_size: int = 1
     device: str = "auto"
     dtype: str = "fp32"
+    channels_last: bool = True  # networks in NHWC memory order (same values, faster convolutions)
+    compile: bool = False  # torch.compile the networks (CUDA: CUDA graphs); long warm-up, for large runs
 
 
 class ConfigError(ValueError):
@@ -260,12 +263,13 @@ def locate_weights(cfg: InferenceConfig, weights_dir=None, download: bool = True
     return paths
 
 
-def _build(spec: NetworkConfig, weights: Path, device: torch.device) -> torch.nn.Module:
-    """A network with its weights, frozen, in eval mode, on `device`."""
+def _build(spec: NetworkConfig, weights: Path, device: torch.device, channels_last: bool = False,
+           compile: bool = False) -> torch.nn.Module:
+    """A network with its weights, frozen, in eval mode, on `device` (see `models.runtime.prepare_network`)."""
     net = _network(spec)
     load_weights(net, weights)
     net.requires_grad_(False)
-    return net.eval().to(device)
+    return prepare_network(net.eval().to(device), device, channels_last, compile)
 
 
 def build_difface(cfg: InferenceConfig, device: torch.device, weights_dir: str | os.PathLike | None = None,
@@ -275,8 +279,9 @@ def build_difface(cfg: InferenceConfig, device: torch.device, weights_dir: str |
     `dtype` overrides `cfg.dtype` (e.g. the result of :func:`pick_dtype`)."""
     # Find (or fetch) both weight files before building anything large.
     paths = locate_weights(cfg, weights_dir, download)
-    estimator = _build(cfg.estimator, paths[0], device)
-    prior = _build(cfg.prior, paths[1], device)
+    configure_backends(device)
+    estimator = _build(cfg.estimator, paths[0], device, cfg.channels_last, cfg.compile)
+    prior = _build(cfg.prior, paths[1], device, cfg.channels_last, cfg.compile)
     return make_difface(cfg, estimator, prior, dtype)
 
 

@@ -9,6 +9,8 @@ Noise: each stochastic step draws ``z`` from the caller's ``torch.Generator`` â€
 the batch, or one per sample so that a sample's result does not depend on its batch. A
 ``noise_fn(step, like)`` may replace the draws (to replay recorded noise). Draw order: one draw
 per step that adds noise (sigma > 0), in loop order; none at the last step or with eta = 0.
+When the generators live on another device than the chain (CPU generators, CUDA model), all
+draws of the chain are made up front (`chain_noise`): the same numbers, one transfer.
 
 The network is called as ``model(x_t, t)`` with ``t`` the (B,) int64 base steps and returns
 (B, C, H, W) noise predictions, or (B, 2C, H, W) with variance logits in the second half.
@@ -43,6 +45,45 @@ def draw_noise(like: torch.Tensor, generator: Generators = None) -> torch.Tensor
         torch.randn(like.shape[1:], generator=g, device=g.device, dtype=torch.float32).to(like.device)
         for g in generator
     ])
+
+
+def chain_noise(like: torch.Tensor, generator: Generators, count: int) -> NoiseFn:
+    """A `noise_fn` replaying `count` draws made now, up front, in the order the loop would make them.
+
+    The numbers are bit-identical to drawing step by step from the same generator(s), because
+    the same calls are made in the same order; they are moved to `like`'s device in one copy, so
+    no step of a GPU chain waits on a host-to-device transfer. Memory: count x like.
+    """
+    draws = [_draw_on_generator_device(like, generator) for _ in range(count)]
+    stacked = torch.stack(draws).to(like.device) if draws else None
+    order = iter(range(count))
+
+    def noise_fn(step: int, x: torch.Tensor) -> torch.Tensor:
+        index = next(order, None)
+        if index is None:
+            raise RuntimeError(f"the chain asked for more than the {count} noise draws made up front")
+        return stacked[index]
+
+    return noise_fn
+
+
+def _draw_on_generator_device(like: torch.Tensor, generator: Generators) -> torch.Tensor:
+    """`draw_noise` without the final move to `like`'s device."""
+    if generator is None or isinstance(generator, torch.Generator):
+        device = generator.device if generator is not None else like.device
+        return torch.randn(like.shape, generator=generator, device=device, dtype=torch.float32)
+    if len(generator) != like.shape[0]:
+        raise ValueError(f"got {len(generator)} generators for a batch of {like.shape[0]}")
+    return torch.stack([torch.randn(like.shape[1:], generator=g, device=g.device, dtype=torch.float32)
+                        for g in generator]).to(generator[0].device)
+
+
+def _host_generators(generator: Generators, x: torch.Tensor) -> bool:
+    """True when the noise would be drawn on another device than x's (e.g. CPU generators, CUDA model)."""
+    if generator is None:
+        return False
+    gens = [generator] if isinstance(generator, torch.Generator) else list(generator)
+    return any(g.device.type != x.device.type for g in gens)
 
 
 def _split_output(out: torch.Tensor, channels: int) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -152,6 +193,8 @@ def ddim_sample_loop(model: Callable, x_start: torch.Tensor, timesteps: Sequence
     """
     steps = _check_timesteps(timesteps, schedule)
     x = x_start.float()
+    if noise_fn is None and eta > 0 and _host_generators(generator, x):
+        noise_fn = chain_noise(x, generator, len(steps) - 1)  # one draw per step but the last
     for k, t in enumerate(steps):
         t_prev = steps[k + 1] if k + 1 < len(steps) else None
         eps, _ = _split_output(_call_model(model, x, t), x.shape[1])
@@ -178,6 +221,8 @@ def ddpm_sample_loop(model: Callable, x_start: torch.Tensor, timesteps: Sequence
     respaced = schedule.respace(steps)
     position = {int(t): i for i, t in enumerate(respaced.timesteps)}
     x = x_start.float()
+    if noise_fn is None and _host_generators(generator, x):
+        noise_fn = chain_noise(x, generator, sum(position[t] > 0 for t in steps))
     for k, t in enumerate(steps):
         eps, v = _split_output(_call_model(model, x, t), x.shape[1])
         index = position[t]
@@ -189,4 +234,78 @@ def ddpm_sample_loop(model: Callable, x_start: torch.Tensor, timesteps: Sequence
     return x
 
 
-SAMPLERS = {"ddim": ddim_sample_loop, "ddpm": ddpm_sample_loop}
+def dpmpp_2m_sample_loop(model: Callable, x_start: torch.Tensor, timesteps: Sequence[int],
+                         schedule: DiffusionSchedule, generator: Generators = None,
+                         noise_fn: NoiseFn | None = None, correct_x0: CorrectX0 | None = None,
+                         callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None) -> torch.Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2): multistep, second order, data prediction.
+
+    Deterministic: no noise is drawn (`generator` and `noise_fn` are accepted for a uniform
+    call). With alpha_t = sqrt(abar_t), sigma_t = sqrt(1 - abar_t), lambda_t = log(alpha_t/sigma_t)
+    and D_k the clipped x0 predicted at `timesteps[k]` (from the eps half of the output):
+
+        h_k = lambda_{k+1} - lambda_k,  r_k = h_{k-1} / h_k
+        D   = D_k + (D_k - D_{k-1}) / (2 r_k)        (D = D_k at the first step)
+        x_{k+1} = (sigma_{k+1}/sigma_k) x_k - alpha_{k+1} (exp(-h_k) - 1) D
+
+    The last step goes to abar = 1 (sigma = 0), where the first-order update returns D_k.
+    Arguments as `ddim_sample_loop`; returns the final sample (B, C, H, W) in [-1, 1].
+    """
+    return _dpmpp_2m(model, x_start, timesteps, schedule, False, generator, noise_fn, correct_x0, callback)
+
+
+def dpmpp_2m_sde_sample_loop(model: Callable, x_start: torch.Tensor, timesteps: Sequence[int],
+                             schedule: DiffusionSchedule, generator: Generators = None,
+                             noise_fn: NoiseFn | None = None, correct_x0: CorrectX0 | None = None,
+                             callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None
+                             ) -> torch.Tensor:
+    """DPM-Solver++(2M) for the diffusion SDE (Lu et al. 2022, SDE-DPM-Solver++2M): stochastic.
+
+    As `dpmpp_2m_sample_loop` with the update
+
+        x_{k+1} = (sigma_{k+1}/sigma_k) exp(-h) x_k + alpha_{k+1} (1 - exp(-2h)) D
+                  + sigma_{k+1} sqrt(1 - exp(-2h)) z
+
+    one noise draw z per step but the last (which returns D_k), from `generator` / `noise_fn`.
+    """
+    return _dpmpp_2m(model, x_start, timesteps, schedule, True, generator, noise_fn, correct_x0, callback)
+
+
+def _dpmpp_2m(model, x_start, timesteps, schedule, sde: bool, generator, noise_fn, correct_x0, callback):
+    steps = _check_timesteps(timesteps, schedule)
+    x = x_start.float()
+    if sde and noise_fn is None and _host_generators(generator, x):
+        noise_fn = chain_noise(x, generator, len(steps) - 1)
+    x0_prev, h_prev = None, None
+    for k, t in enumerate(steps):
+        t_next = steps[k + 1] if k + 1 < len(steps) else None
+        eps, _ = _split_output(_call_model(model, x, t), x.shape[1])
+        ab, ab_next = schedule.alpha_bar(t), schedule.alpha_bar(t_next)
+        # 1. data prediction, clipped (and corrected) as in the DDIM path
+        x0 = _predict_x0(x, eps, ab)
+        if correct_x0 is not None:
+            x0 = correct_x0(x0, t)
+        if t_next is None:  # 2a. final step to sigma = 0: x = D_k
+            x = x0
+        else:
+            # 2b. exponential-integrator step in lambda = log(alpha / sigma)
+            sigma, sigma_next = math.sqrt(1 - ab), math.sqrt(1 - ab_next)
+            alpha_next = math.sqrt(ab_next)
+            h = 0.5 * math.log(ab_next / (1 - ab_next)) - 0.5 * math.log(ab / (1 - ab))
+            d = x0 if x0_prev is None else x0 + (x0 - x0_prev) * (h / (2 * h_prev))
+            if sde:
+                z = _step_noise(k, x, generator, noise_fn)
+                x = ((sigma_next / sigma) * math.exp(-h)) * x + (alpha_next * -math.expm1(-2 * h)) * d \
+                    + (sigma_next * math.sqrt(-math.expm1(-2 * h))) * z
+            else:
+                x = (sigma_next / sigma) * x - (alpha_next * math.expm1(-h)) * d
+            x0_prev, h_prev = x0, h
+        if callback is not None:
+            callback(k, x, x0)
+    return x
+
+
+SAMPLERS = {"ddim": ddim_sample_loop, "ddpm": ddpm_sample_loop, "dpmpp_2m": dpmpp_2m_sample_loop,
+            "dpmpp_2m_sde": dpmpp_2m_sde_sample_loop}
+"""Sampler name -> loop. Every loop takes (model, x_start, timesteps, schedule, generator=,
+noise_fn=, correct_x0=, callback=); only 'ddim' also takes `eta`."""

@@ -119,6 +119,11 @@ class Mlp(nn.Module):
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
 
+def _version(t: torch.Tensor | None) -> int | None:
+    """In-place modification counter (None for None and for inference tensors, which have none)."""
+    return None if t is None or t.is_inference() else t._version
+
+
 class WindowAttention(nn.Module):
     """Multi-head self-attention inside ws x ws windows with a relative position bias."""
 
@@ -141,14 +146,31 @@ class WindowAttention(nn.Module):
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
         return bias.view(n, n, self.num_heads).permute(2, 0, 1)
 
+    def attention_bias(self, mask: torch.Tensor | None) -> torch.Tensor:
+        """(1 or nW, heads, N, N): position bias plus the shift mask. Without autograd it is
+        cached per mask tensor and table version (the sum is the same every call)."""
+        if torch.is_grad_enabled() or self.training:
+            self._bias_cache = None
+            return self._attention_bias(mask)
+        table = self.relative_position_bias_table
+        key = (id(mask), _version(mask), _version(table), table.data_ptr(), table.dtype)
+        cache = getattr(self, "_bias_cache", None)
+        if cache is None or cache[0] != key or cache[2] is not mask:
+            self._bias_cache = cache = (key, self._attention_bias(mask), mask)
+        return cache[1]
+
+    def _attention_bias(self, mask: torch.Tensor | None) -> torch.Tensor:
+        bias = self.position_bias().unsqueeze(0)  # (1, heads, N, N)
+        return bias if mask is None else bias + mask.unsqueeze(1)
+
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B*nW, N, C) window tokens; mask: (nW, N, N) additive or None. Returns (B*nW, N, C)."""
         bw, n, c = x.shape
         q, k, v = self.qkv(x).view(bw, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
-        bias = self.position_bias().unsqueeze(0)  # (1, heads, N, N)
+        bias = self.attention_bias(mask)
         if mask is not None:
             nw = mask.shape[0]
-            bias = (bias + mask.unsqueeze(1)).expand(bw // nw, -1, -1, -1, -1).reshape(bw, self.num_heads, n, n)
+            bias = bias.expand(bw // nw, -1, -1, -1, -1).reshape(bw, self.num_heads, n, n)
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=bias.to(q.dtype), dropout_p=self.attn_drop if self.training else 0.0, scale=self.scale
         )

@@ -11,8 +11,12 @@ DifFace deviations from upstream improved-diffusion that are reproduced here:
   * `num_res_blocks` may be a per-level list;
   * the output head's last conv is not zero-initialised.
 Precision: `use_fp16` is accepted for config compatibility only and changes nothing. Choose the
-precision with `torch.autocast` around the call; GroupNorm always runs in float32 and the output
-is returned in the dtype of `x`.
+precision with `torch.autocast` around the call. GroupNorm of float16 activations runs in float32
+(as the official code); bfloat16 activations are normalised natively (the kernels accumulate the
+statistics in float32, and bfloat16 has float32's range); the output is in the dtype of `x`.
+Speed: the network runs in `torch.channels_last` memory format when its weights and input are
+(`net.to(memory_format=torch.channels_last)`); every normalisation+SiLU pair and the residual
+additions work in place on fresh tensors, which changes no value.
 """
 import math
 from typing import Sequence, Union
@@ -42,35 +46,50 @@ def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10
 
 
 def qkv_attention(qkv: torch.Tensor, num_heads: int, legacy: bool = True) -> torch.Tensor:
-    """Multi-head self-attention on a packed qkv tensor, computed with SDPA.
+    """Multi-head self-attention on a packed, token-major qkv tensor, computed with SDPA.
 
-    qkv: (B, 3*H*C, T) with H = num_heads heads of C channels and T tokens. Legacy order
+    qkv: (B, T, 3*H*C) for T tokens and H = num_heads heads of C channels. Legacy order
     (`legacy=True`, the released models): channels grouped as [head][q|k|v][C], i.e. heads are
     split before q/k/v. New order: [q|k|v][head][C]. The official code scales q and k by
-    C^(-1/4) each, which equals SDPA's default 1/sqrt(C). Returns (B, H*C, T).
+    C^(-1/4) each, which equals SDPA's default 1/sqrt(C). Returns (B, T, H*C).
+    q, k and v are strided views with unit channel stride, which the fused CPU/GPU kernels take
+    without a copy (a channel-major layout would send SDPA to its slow reference path).
     """
-    b, width, t = qkv.shape
+    b, t, width = qkv.shape
     ch = width // (3 * num_heads)
     if legacy:
-        q, k, v = qkv.reshape(b, num_heads, 3 * ch, t).split(ch, dim=2)
+        q, k, v = qkv.view(b, t, num_heads, 3, ch).unbind(dim=3)
     else:
-        q, k, v = qkv.reshape(b, 3, num_heads, ch, t).unbind(dim=1)
-    q, k, v = (z.transpose(-1, -2).contiguous() for z in (q, k, v))  # (B, H, T, C)
+        q, k, v = qkv.view(b, t, 3, num_heads, ch).unbind(dim=2)
+    q, k, v = (z.transpose(1, 2) for z in (q, k, v))  # (B, H, T, C)
     out = F.scaled_dot_product_attention(q, k, v)
-    return out.transpose(-1, -2).reshape(b, num_heads * ch, t)
+    return out.transpose(1, 2).reshape(b, t, num_heads * ch)
 
 
 class GroupNorm32(nn.GroupNorm):
-    """GroupNorm(32 groups, eps 1e-5) computed in at least float32 (also under autocast), cast back to x's dtype."""
+    """GroupNorm(32 groups, eps 1e-5) in x's dtype; float16 (and lower) is upcast to float32.
+
+    Autocast is bypassed either way, so under bf16 autocast the activations are not copied to
+    float32 and back around every normalisation. The result has x's dtype.
+    """
 
     def __init__(self, channels: int):
         super().__init__(GROUPS, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = torch.promote_types(x.dtype, torch.float32)
+        if x.dtype in (torch.float32, torch.float64, torch.bfloat16) and not torch.is_autocast_enabled(x.device.type):
+            w, b = (self.weight, self.bias) if x.dtype == self.weight.dtype else \
+                (self.weight.to(x.dtype), self.bias.to(x.dtype))
+            return F.group_norm(x, self.num_groups, w, b, self.eps)
+        dtype = x.dtype if x.dtype in (torch.float64, torch.bfloat16) else torch.promote_types(x.dtype, torch.float32)
         with torch.autocast(x.device.type, enabled=False):
             y = F.group_norm(x.to(dtype), self.num_groups, self.weight.to(dtype), self.bias.to(dtype), self.eps)
         return y.to(x.dtype)
+
+
+def norm_silu(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """SiLU(norm(x)); without autograd the SiLU works in place on the fresh normalised tensor (same values)."""
+    return F.silu(norm(x), inplace=not torch.is_grad_enabled())
 
 
 def zero_module(module: nn.Module) -> nn.Module:
@@ -150,20 +169,26 @@ class ResBlock(nn.Module):
         return self._forward(x, emb)
 
     def _forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        if self.resample is None:
-            h = self.in_layers(x)
-        else:  # resample between the activation and the conv, and on the skip path
-            h = self.resample(self.in_layers[:-1](x))
-            h = self.in_layers[-1](h)
-            x = self.resample(x)
+        norm_in, _, conv_in = self.in_layers
+        norm_out, _, dropout, conv_out = self.out_layers
+        h = norm_silu(norm_in, x)
+        if self.resample is not None:  # resample between the activation and the conv, and on the skip path
+            h, x = self.resample(h), self.resample(x)
+        h = conv_in(h)
         emb_out = self.emb_layers(emb).to(h.dtype)[..., None, None]
+        inplace = not torch.is_grad_enabled()  # same values; in place only where autograd does not watch
         if self.use_scale_shift_norm:
-            norm, rest = self.out_layers[0], self.out_layers[1:]
             scale, shift = emb_out.chunk(2, dim=1)
-            h = rest(norm(h) * (1 + scale) + shift)
+            h = norm_out(h)
+            h = h.mul_(1 + scale).add_(shift) if inplace else h * (1 + scale) + shift
+            h = F.silu(h, inplace=inplace)
         else:
-            h = self.out_layers(h + emb_out)
-        return self.skip_connection(x) + h
+            h = norm_silu(norm_out, h + emb_out)
+        h = conv_out(dropout(h))
+        skip = self.skip_connection(x)
+        if inplace and h.dtype == skip.dtype and h.shape == skip.shape:
+            return h.add_(skip)
+        return skip + h
 
 
 class AttentionBlock(nn.Module):
@@ -188,10 +213,15 @@ class AttentionBlock(nn.Module):
         return self._forward(x)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Token-major (B, T, C) throughout: for a channels_last x these are views, no copies.
+        # The 1x1 Conv1d layers are applied as the linear maps they are (same parameters).
         b, c, height, width = x.shape
-        tokens = x.reshape(b, c, height * width)
-        h = qkv_attention(self.qkv(self.norm(tokens)), self.num_heads, self.legacy)
-        return (tokens + self.proj_out(h)).reshape(b, c, height, width)
+        h = self.norm(x).flatten(2).transpose(1, 2)  # GroupNorm of the image = of its tokens
+        qkv = F.linear(h, self.qkv.weight.squeeze(-1), self.qkv.bias)
+        h = qkv_attention(qkv, self.num_heads, self.legacy)
+        h = F.linear(h, self.proj_out.weight.squeeze(-1), self.proj_out.bias)
+        out = x.flatten(2).transpose(1, 2) + h  # (B, T, C)
+        return out.transpose(1, 2).unflatten(2, (height, width))
 
 
 def _heads(channels: int, num_heads: int, num_head_channels: int) -> int:
@@ -330,7 +360,7 @@ class UNetModel(nn.Module):
         h = self.middle_block(h, emb)
         for block in self.output_blocks:
             h = block(torch.cat([h, skips.pop().to(h.dtype)], dim=1), emb)
-        return self.out(h).to(x.dtype)
+        return self.out[2](norm_silu(self.out[0], h)).to(x.dtype)
 
     def _check_input(self, x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """Raise a ValueError for a wrong x shape or timestep count; return timesteps as (B,)."""

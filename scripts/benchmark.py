@@ -1,19 +1,36 @@
-"""Speed and memory of DifFace restoration with a preset's networks on random weights.
+#!/usr/bin/env python
+"""Speed and memory of DifFace restoration: samplers, precisions, compilation, batch sizes.
 
-    python scripts/benchmark.py --steps 10 --batch-size 1 --device cpu --dtype fp32
+    python scripts/benchmark.py                      # CPU default: a few minutes
+    python scripts/benchmark.py --baseline ../main   # + forward times of another checkout's networks
+    python scripts/benchmark.py --batch-sizes 1,8 --modes fp32,bf16,compile
 
-No weight file is needed: the networks of the config are built with random weights, which
-cost the same time as trained ones. Reports seconds per face (warm runs after one warm-up),
-the time of one prior evaluation, an extrapolation to the config's default number of steps,
-and the peak memory (CUDA: peak allocated; CPU: peak resident set of the process).
+The networks of --cfg are built with random weights (they cost the same time as trained ones).
+For every precision mode and batch size the estimator and the prior are timed (min of
+--repeats warm runs; compilation and warm-up excluded, the compile time is reported). One
+table then gives, side by side for each sampling setting (--cfg's, the paper's DDIM-100, and
+--fast-cfg's): network evaluations per face and seconds per face = (estimator + evaluations x
+prior) / batch. The samplers' own arithmetic is under 0.1% of a step, so this equals a full
+restoration; --end-to-end also times a real restoration to show it. Peak memory: CUDA peak
+allocated; CPU peak growth of the process's resident set from before the first call.
+
+--baseline PATH / --official PATH import `models/unet.py:UNetModel` and `models/swinir.py:SwinIR`
+from another checkout (today's main, or the official DifFace code) under a private package
+name, load the same random weights and time both forwards interleaved in this process
+(fp32, batch 1), with the maximum output difference.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
+import importlib.util
+import os
 import platform
-import resource
 import sys
+import threading
 import time
+import types
 from pathlib import Path
 
 import torch
@@ -21,92 +38,270 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models import build_network  # noqa: E402
+from models.difface import DTYPES, DifFace  # noqa: E402
 from models.diffusion import DiffusionSchedule  # noqa: E402
-from models.difface import DifFace  # noqa: E402
-from models.pipeline import load_config, pick_device  # noqa: E402
+from models.pipeline import ConfigError, load_config, pick_device  # noqa: E402
+from models.runtime import configure_backends, prepare_network  # noqa: E402
 
+MODES = ("fp32", "bf16", "fp16", "compile")
+
+
+# --------------------------------------------------------------------------------------------
+# Measuring
+# --------------------------------------------------------------------------------------------
 
 def machine(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     cpu = platform.processor() or "cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {torch.get_num_threads()} threads"
+    with contextlib.suppress(OSError, StopIteration):
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
 
 
-def peak_memory_gb(device: torch.device) -> float:
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakMemory:
+    """Peak memory (GiB) while the block runs: CUDA peak allocated, else peak RSS growth (Linux)."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.gib, self._stop = device, 0.0, threading.Event()
+
+    def _poll(self, start: int) -> None:
+        peak = start
+        while not self._stop.wait(0.002):
+            peak = max(peak, _rss())
+        self.gib = (max(peak, _rss()) - start) / 2 ** 30
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        elif os.path.exists("/proc/self/statm"):
+            self._thread = threading.Thread(target=self._poll, args=(_rss(),), daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            self.gib = torch.cuda.max_memory_allocated(self.device) / 2 ** 30
+        elif hasattr(self, "_thread"):
+            self._stop.set()
+            self._thread.join()
+
+
+def timed(fn, device: torch.device) -> float:
     if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2 ** 30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB on Linux
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
 
 
-def build(cfg, device, steps: int | None, dtype: str) -> DifFace:
-    nets = []
-    for spec in (cfg.estimator, cfg.prior):
-        net = build_network(spec.name, dict(spec.params)).eval().requires_grad_(False).to(device)
-        nets.append(net)
-    schedule = DiffusionSchedule.from_name(cfg.diffusion.schedule, cfg.diffusion.steps)
-    s = cfg.sampling
-    return DifFace(nets[0], nets[1], schedule, image_size=cfg.image_size, start_step=s.start_step,
-                   grid=s.grid, steps=steps if steps is not None else s.steps, eta=s.eta, dtype=dtype)
+def interleaved(fns: dict, repeats: int, device: torch.device) -> dict:
+    """Min seconds of each callable over `repeats` rounds, the callables alternating within a round."""
+    best = {name: float("inf") for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            best[name] = min(best[name], timed(fn, device))
+    return best
+
+
+# --------------------------------------------------------------------------------------------
+# Networks of another checkout
+# --------------------------------------------------------------------------------------------
+
+def import_networks(checkout: str | Path, tag: str) -> dict:
+    """{'unet': UNetModel, 'swinir': SwinIR} from `checkout/models/{unet,swinir}.py`.
+
+    The checkout's `models` folder is loaded as the package `_bench_<tag>` (its __init__ is not
+    run), so its relative imports work and nothing collides with this project's `models`.
+    """
+    folder = Path(checkout).expanduser().resolve() / "models"
+    missing = [f for f in ("unet.py", "swinir.py") if not (folder / f).is_file()]
+    if missing:
+        raise ValueError(f"{checkout}: no {', '.join('models/' + m for m in missing)} (expected a DifFace checkout)")
+    name = f"_bench_{tag}"
+    package = types.ModuleType(name)
+    package.__path__ = [str(folder)]
+    sys.modules[name] = package
+    sys.path.insert(0, str(folder.parent))  # the official code also imports top-level helpers
+    try:
+        return {"unet": importlib.import_module(f"{name}.unet").UNetModel,
+                "swinir": importlib.import_module(f"{name}.swinir").SwinIR}
+    finally:
+        sys.path.remove(str(folder.parent))
+
+
+def forward_comparison(cfg, others: dict, device: torch.device, repeats: int) -> list[str]:
+    """Markdown rows: our forward (fp32, channels_last) vs each other checkout's, same weights and input."""
+    rows = []
+    torch.manual_seed(0)
+    for kind, spec in (("unet", cfg.prior), ("swinir", cfg.estimator)):
+        ours = build_network(spec.name, dict(spec.params)).eval().requires_grad_(False)
+        for p in ours.parameters():  # no zero-initialised layers: every path does real work
+            torch.nn.init.normal_(p, std=0.02)
+        x = torch.rand(1, 3, cfg.image_size, cfg.image_size, device=device)
+        args = (x * 2 - 1, torch.tensor([200], device=device)) if kind == "unet" else (x,)
+        fns, outs = {}, {}
+        for tag, classes in others.items():
+            net = classes[kind](**dict(spec.params)).eval().requires_grad_(False)
+            net.load_state_dict(ours.state_dict(), strict=True)
+            net = net.to(device)
+            fns[tag] = (lambda n=net: n(*args))
+        fast = prepare_network(ours.to(device), device, channels_last=True)
+        fns["this checkout"] = lambda: fast(*args)
+        with torch.no_grad():
+            for tag, fn in fns.items():
+                outs[tag] = fn()
+        with torch.inference_mode():
+            best = interleaved(fns, repeats, device)
+        for tag in others:
+            diff = (outs["this checkout"].float() - outs[tag].float()).abs().max().item()
+            rows.append(f"| {kind} {cfg.image_size} | {tag} | {best[tag]:.3f} | {best['this checkout']:.3f} | "
+                        f"{best[tag] / best['this checkout']:.2f}x | {diff:.1e} |")
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# Restoration settings
+# --------------------------------------------------------------------------------------------
+
+def settings(cfg, fast_cfg) -> list[tuple[str, int]]:
+    """(label, prior evaluations per face) of the sampling of --cfg and of --fast-cfg (once if equal)."""
+    rows = []
+    for c in (cfg, fast_cfg):
+        s = c.sampling
+        method = DifFace(None, None, DiffusionSchedule.from_name(c.diffusion.schedule, c.diffusion.steps),
+                         c.image_size, s.start_step, s.grid, s.steps, s.official_start, sampler=s.sampler)
+        label = f"{s.sampler}" + (f" K = {s.steps}" if s.steps else f", grid {s.grid}") + f", N = {s.start_step}"
+        if (label, len(method.timesteps)) not in rows:
+            rows.append((label, len(method.timesteps)))
+    return rows
+
+
+def networks(cfg, device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module]:
+    torch.manual_seed(0)
+    nets = [build_network(spec.name, dict(spec.params)).eval().requires_grad_(False).to(device)
+            for spec in (cfg.estimator, cfg.prior)]
+    return nets[0], nets[1]
+
+
+def time_mode(cfg, mode: str, batch: int, device: torch.device, repeats: int) -> dict:
+    """Estimator and prior seconds per call at `batch`, peak memory, compile seconds."""
+    estimator, prior = networks(cfg, device)
+    compile_ = mode == "compile"
+    estimator = prepare_network(estimator, device, compile=compile_)
+    prior = prepare_network(prior, device, compile=compile_)
+    dtype = "fp32" if mode == "compile" else mode
+    autocast = (torch.autocast(device.type, dtype=DTYPES[dtype]) if dtype != "fp32" else contextlib.nullcontext())
+    y = torch.rand(batch, 3, cfg.image_size, cfg.image_size, device=device)
+    t = torch.full((batch,), 200, device=device)
+    with torch.inference_mode(), autocast, PeakMemory(device) as peak:
+        warm = timed(lambda: (estimator(y), prior(y * 2 - 1, t)), device)
+        best = interleaved({"estimator": lambda: estimator(y), "prior": lambda: prior(y * 2 - 1, t)},
+                           repeats, device)
+    return {**best, "peak_gib": peak.gib, "warmup": warm}
+
+
+def end_to_end(cfg, steps_cfg, device: torch.device) -> tuple[float, int]:
+    """Seconds of one real restoration (batch 1, fp32, after a warm-up) with `steps_cfg`'s sampling, and its
+    evaluations."""
+    estimator, prior = networks(cfg, device)
+    s = steps_cfg.sampling
+    method = DifFace(prepare_network(estimator, device), prepare_network(prior, device),
+                     DiffusionSchedule.from_name(cfg.diffusion.schedule, cfg.diffusion.steps), cfg.image_size,
+                     s.start_step, s.grid, s.steps, s.official_start, s.eta, s.sampler)
+    y = torch.rand(1, 3, cfg.image_size, cfg.image_size, device=device)
+    warm = DifFace(method.estimator, method.prior, method.schedule, cfg.image_size, s.start_step, steps=1)
+    warm.restore(y, generator=torch.Generator().manual_seed(0))  # first-call set-up is not timed
+    return timed(lambda: method.restore(y, generator=torch.Generator().manual_seed(0)), device), len(method.timesteps)
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------
+
+def int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, got {text!r}")
+    return values
+
+
+def mode_list(text: str) -> list[str]:
+    modes = [m.strip() for m in text.split(",") if m.strip()]
+    bad = [m for m in modes if m not in MODES]
+    if bad or not modes:
+        raise argparse.ArgumentTypeError(f"unknown mode(s) {bad or text!r}; allowed: {', '.join(MODES)}")
+    return modes
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cfg", default="difface_ffhq512", help="inference preset or YAML (default: %(default)s)")
+    p.add_argument("--fast-cfg", default="difface_ffhq512_fast", help="the few-step preset (default: %(default)s)")
+    p.add_argument("--modes", type=mode_list, default=["fp32", "bf16"],
+                   help=f"precision/compile modes among {','.join(MODES)} (default: fp32,bf16)")
+    p.add_argument("--batch-sizes", type=int_list, default=[1], help="(default: 1)")
+    p.add_argument("--repeats", type=int, default=3, help="timed calls per network, the min is kept (default: 3)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--baseline", default=None, metavar="PATH", help="another checkout of this project")
+    p.add_argument("--official", default=None, metavar="PATH", help="a checkout of the official DifFace code")
+    p.add_argument("--forward-only", action="store_true", help="only the forward comparison with other checkouts")
+    p.add_argument("--end-to-end", action="store_true",
+                   help="also time one real fp32 restoration (the fast preset; on CUDA also --cfg's)")
+    return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--cfg", default="difface_ffhq512", help="inference preset or YAML")
-    p.add_argument("--steps", type=int, default=None, help="prior evaluations per face (default: the config's)")
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
-    p.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"))
-    p.add_argument("--repeats", type=int, default=1, help="timed runs after one warm-up run")
-    p.add_argument("--no-warmup", action="store_true", help="time the first run too (slow CPUs)")
-    args = p.parse_args(argv)
-
-    cfg = load_config(args.cfg)
-    device = pick_device(args.device)
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
-    method = build(cfg, device, args.steps, args.dtype)
-    n_steps = len(method.timesteps)
-    default_steps = len(DifFace(None, None, method.schedule, cfg.image_size, cfg.sampling.start_step,
-                                cfg.sampling.grid, cfg.sampling.steps).timesteps)
-    y = torch.rand(args.batch_size, 3, cfg.image_size, cfg.image_size, device=device)
-    gen = torch.Generator().manual_seed(0)
-
-    def timed(fn) -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return time.perf_counter() - start
-
-    def restore():
-        method.restore(y, generator=gen)
-
-    if not args.no_warmup:
-        timed(restore)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    seconds = min(timed(restore) for _ in range(args.repeats))
-    estimator = timed(lambda: method.estimate(y))
-    per_face = seconds / args.batch_size
-    per_step = max(seconds - estimator, 0.0) / n_steps / args.batch_size
-    print(f"machine: {machine(device)}; torch {torch.__version__}")
-    print(f"config: {cfg.name}; {cfg.image_size}x{cfg.image_size}; dtype {args.dtype}; batch {args.batch_size}")
-    print(f"prior evaluations per face: {n_steps}")
-    print(f"seconds per face: {per_face:.3f}")
-    print(f"estimator: {estimator / args.batch_size:.3f} s per face; prior: {per_step:.3f} s per evaluation per face")
-    print(f"extrapolated to {default_steps} evaluations: "
-          f"{estimator / args.batch_size + per_step * default_steps:.3f} s per face")
-    print(f"peak memory: {peak_memory_gb(device):.2f} GiB ({'allocated' if device.type == 'cuda' else 'process RSS'})")
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        cfg, fast_cfg = load_config(args.cfg), load_config(args.fast_cfg)
+        device = pick_device(args.device)
+        others = {}
+        for tag, path in (("baseline", args.baseline), ("official", args.official)):
+            if path:
+                others[f"{tag} ({path})"] = import_networks(path, tag)
+    except (ConfigError, ValueError, ImportError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    configure_backends(device)
+    print(f"machine: {machine(device)}; torch {torch.__version__}; {cfg.image_size}x{cfg.image_size} faces, "
+          f"random weights; min of {args.repeats}\n")
+    if others:
+        print("| network | other checkout | its forward (s) | ours (s) | speed-up | max abs diff |")
+        print("|---|---|---|---|---|---|")
+        for row in forward_comparison(cfg, others, device, args.repeats):
+            print(row, flush=True)
+        print()
+    if args.forward_only:
+        return 0
+    rows = settings(cfg, fast_cfg)
+    print("| setting | evals / face | mode | batch | s / face | estimator s | prior s / eval | peak GiB | warm-up s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for mode in args.modes:
+        for batch in args.batch_sizes:
+            r = time_mode(cfg, mode, batch, device, args.repeats)
+            for label, evals in rows:
+                per_face = (r["estimator"] + evals * r["prior"]) / batch
+                print(f"| {label} | {evals} | {mode} | {batch} | {per_face:.2f} | {r['estimator']:.3f} | "
+                      f"{r['prior']:.3f} | {r['peak_gib']:.2f} | {r['warmup']:.1f} |", flush=True)
+    if args.end_to_end:
+        print("\n| end to end (fp32, batch 1) | evals | s / face |\n|---|---|---|")
+        for c in (fast_cfg,) if device.type == "cpu" else (cfg, fast_cfg):  # 100 evaluations: minutes on a CPU
+            seconds, evals = end_to_end(cfg, c, device)
+            print(f"| {c.name} | {evals} | {seconds:.2f} |", flush=True)
     return 0
 
 

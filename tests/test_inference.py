@@ -266,3 +266,10 @@ def test_task_inpainting_selects_the_official_inpainting_preset(tmp_path, capsys
     assert "lama_inpainting256" in text and "start_step: 480" in text and "eta: 1.0" in text
     assert _run("-i", src, "-o", tmp_path / "o", "--task", "inpainting", "--dry-run") == 2
     assert "--aligned" in capsys.readouterr().err
+
+
+def test_help_names_every_registered_sampler():
+    """--help keeps torch out (no registry import), so its sampler list must follow the registry."""
+    from models.samplers import SAMPLERS
+    text = subprocess.run([sys.executable, str(REPO / "inference.py"), "--help"], capture_output=True, text=True).stdout
+    assert all(name in text for name in SAMPLERS), text

@@ -1,0 +1,203 @@
+#!/usr/bin/env python
+"""Few-step sampling at equal quality: DPM-Solver++(2M) against the paper's DDIM on held-out faces.
+
+    python scripts/solver_quality.py --heldout data/utk64/val --out results/solver
+
+For each start step N of --n-values (default: 400 and the config's own N) the held-out faces
+(degraded once, exactly as in scripts/reproduce_small.py) are restored by
+  * the reference: DDIM, eta 0.5, on the config's grid below N (100 evaluations at N = 400),
+  * dpmpp_2m and dpmpp_2m_sde with K evaluations for each K of --ks (first evaluation at N), and DDIM
+    (eta 0.5, the config's official start) with K of --ddim-ks,
+and scored by PSNR / SSIM against the HQ faces and FID / KID against the HQ set. The
+selected K (of either solver) is the smallest one whose FID and KID are no worse than the reference and whose
+PSNR is within --psnr-tolerance dB of it. Writes results.json, results.md and solver.png.
+Every row uses the same generator per (seed, face), so rows differ only by the sampler.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
+
+import reproduce_small as rs  # noqa: E402
+
+from metrics.kid import kernel_inception_distance  # noqa: E402
+from models.difface import DifFace  # noqa: E402
+from models.pipeline import ConfigError, load_config, pick_device  # noqa: E402
+
+SOLVERS = ("dpmpp_2m", "dpmpp_2m_sde")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--heldout", type=Path, metavar="DIR", help="folder of held-out HQ faces (required unless --merge)")
+    p.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
+                   help="only combine the results.json of earlier runs (e.g. one per N) into --out")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="results folder")
+    p.add_argument("--cfg", default="demo", help="inference preset or YAML (default: %(default)s)")
+    p.add_argument("--n-values", type=rs.int_list, default=None, metavar="N,N",
+                   help="start steps (default: 400 and the config's start step)")
+    p.add_argument("--ks", type=rs.int_list, default=[5, 8, 10, 15, 20], metavar="K,K,...",
+                   help="evaluations per face of the few-step rows (default: 5,8,10,15,20)")
+    p.add_argument("--ddim-ks", type=rs.int_list, default=[10], metavar="K,K",
+                   help="DDIM (eta 0.5) rows with K evaluations, for comparison (default: 10)")
+    p.add_argument("--psnr-tolerance", type=float, default=0.2, help="dB below the reference (default: 0.2)")
+    p.add_argument("--max-images", type=int, default=100, help="held-out faces used (default: %(default)s)")
+    p.add_argument("--degradation-from", default="configs/train/demo_estimator.yaml", metavar="YAML")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--fid-backbone", default="fid_helper", choices=["auto", "pytorch_fid", "fid_helper"])
+    return p.parse_args(argv)
+
+
+class Scores:
+    """PSNR / SSIM per face, FID and KID (x 1000) against the HQ set."""
+
+    def __init__(self, hq: list[np.ndarray], device, backbone: str):
+        self.base = rs.Scorer(hq, device, backbone)
+
+    def __call__(self, label: str, images: list[np.ndarray], **info) -> dict:
+        b = self.base
+        stats = b.fid.stats(images)
+        psnr = [b.psnr.measure(x, y).value for x, y in zip(images, b.hq)]
+        ssim = [b.ssim.measure(x, y).value for x, y in zip(images, b.hq)]
+        row = {"label": label, **info, "psnr": float(np.mean(psnr)), "ssim": float(np.mean(ssim)),
+               "fid": b.fid.distance(stats, b.reference),
+               "kid_x1000": 1000 * kernel_inception_distance(stats.features, b.reference.features)}
+        print(f"  {label}: PSNR {row['psnr']:.2f} SSIM {row['ssim']:.4f} FID {row['fid']:.2f} "
+              f"KIDx1000 {row['kid_x1000']:.2f}", file=sys.stderr)
+        return row
+
+
+def choose(reference: dict, rows: list[dict], tolerance: float) -> dict | None:
+    """The fewest-evaluation solver row no worse than the reference in FID, KID and PSNR - tolerance
+    (on a tie the first of SOLVERS)."""
+    ok = [r for r in rows if r["sampler"] in SOLVERS and r["fid"] <= reference["fid"]
+          and r["kid_x1000"] <= reference["kid_x1000"] and r["psnr"] >= reference["psnr"] - tolerance]
+    return min(ok, key=lambda r: (r["evaluations"], SOLVERS.index(r["sampler"]))) if ok else None
+
+
+def plot(results: list[dict], out: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    panels = [("psnr", "PSNR (dB) ↑"), ("fid", "FID ↓"), ("kid_x1000", "KID ×1000 ↓")]
+    fig, axes = plt.subplots(len(results), 3, figsize=(12, 3.4 * len(results)), squeeze=False)
+    for row_axes, res in zip(axes, results):
+        ref = res["reference"]
+        for ax, (key, title) in zip(row_axes, panels):
+            for sampler, style in (("dpmpp_2m", "o-"), ("dpmpp_2m_sde", "^-"), ("ddim", "s--")):
+                rows = [r for r in res["rows"] if r["sampler"] == sampler]
+                ax.plot([r["evaluations"] for r in rows], [r[key] for r in rows], style,
+                        label=f"{sampler} (K evaluations)")
+            ax.axhline(ref[key], color="grey", ls=":", label=f"DDIM reference ({ref['evaluations']} evals)")
+            ax.set(xlabel="network evaluations per face", title=f"{title}, N = {res['N']}")
+            ax.grid(alpha=0.3)
+        row_axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "solver.png", dpi=110)
+    plt.close(fig)
+
+
+def markdown(report: dict) -> str:
+    m = report["meta"]
+    lines = [f"# Few-step sampling: {m['model']}", "",
+             f"- machine: {m['machine']}; torch {m['torch']}",
+             f"- held-out faces: {m['images']} of `{m['heldout']}` at {m['image_size']} px, degraded as in "
+             f"scripts/reproduce_small.py (ranges of `{m['degradation_from']}`, seed {m['seed']})",
+             f"- FID/KID: Inception pool3 of the restored set vs the HQ set ({m['images']} images: FID is biased "
+             "upward, compare within a table only)", f"- command: `{m['command']}`", ""]
+    for res in report["results"]:
+        lines += [f"## N = {res['N']}", "",
+                  "| sampler | evaluations | PSNR ↑ | SSIM ↑ | FID ↓ | KID×10³ ↓ | s / face |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in [res["reference"], *res["rows"]]:
+            lines.append(f"| {r['label']} | {r['evaluations']} | {r['psnr']:.2f} | {r['ssim']:.4f} | {r['fid']:.2f} "
+                         f"| {r['kid_x1000']:.2f} | {r['seconds_per_image']:.3f} |")
+        pick = res["selected"]
+        lines += ["", f"Selected: {pick['label'] if pick else 'none qualifies'}", ""]
+    return "\n".join(lines + ["![solver](solver.png)", ""])
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    args = parse_args(argv)
+    if args.merge:
+        merge(args.merge, args.out)
+        print(f"wrote {args.out / 'results.md'}", file=sys.stderr)
+        return 0
+    if args.heldout is None:
+        print("error: --heldout DIR is required (unless --merge)", file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads)
+    try:
+        cfg = load_config(args.cfg)
+        n_values = args.n_values or sorted({400, cfg.sampling.start_step}, reverse=True)
+        faces = rs.load_heldout(args.heldout, cfg.image_size, args.max_images)
+        standard = rs.degradation_config(args.degradation_from)
+        device = pick_device(args.device)
+    except (ConfigError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    runner = rs.Runner(cfg, device, args.batch_size, args.seed, None, False)
+    args.out.mkdir(parents=True, exist_ok=True)
+    lq = rs.degrade(faces, standard, args.seed, "standard", args.out / "lq")
+    score = Scores(rs.to_uint8(faces.hq), device, args.fid_backbone)
+    base, s = runner.base, cfg.sampling
+
+    def run(label: str, sampler: str, n: int, steps: int | None) -> dict:
+        method = DifFace(base.estimator, base.prior, base.schedule, cfg.image_size, start_step=n, grid=s.grid,
+                         steps=steps, official_start=s.official_start, eta=0.5, sampler=sampler)
+        out, _, sec = runner.restore(method, lq, faces.keys, label)
+        return score(label, out, sampler=sampler, N=n, evaluations=len(method.timesteps), seconds_per_image=sec)
+
+    runner.restore(DifFace(base.estimator, base.prior, base.schedule, cfg.image_size, 400, steps=1),
+                   lq[:1], faces.keys[:1], "warm-up")
+    results = []
+    for n in n_values:  # results.json after each N, so that a late failure keeps the earlier numbers
+        plan = [*((name, args.ks) for name in SOLVERS), ("ddim", args.ddim_ks)]
+        rows = [run(f"{sampler} K = {k}", sampler, n, k) for sampler, ks in plan for k in ks if k <= n]
+        ref = run(f"DDIM eta 0.5, grid {s.grid}", "ddim", n, None)
+        results.append({"N": n, "reference": ref, "rows": rows, "selected": choose(ref, rows, args.psnr_tolerance)})
+        write(args, cfg, device, faces, argv, results)
+    print(f"wrote {args.out / 'results.md'}", file=sys.stderr)
+    return 0
+
+
+def write(args, cfg, device, faces, argv, results: list[dict]) -> None:
+    mach = rs.machine(device)
+    meta = {"model": cfg.name, "machine": f"{mach['cpu']} ({mach['cpu_count']} CPUs, {mach['torch_threads']} torch "
+                                          f"threads), device {mach['device']}", "torch": torch.__version__,
+            "images": len(faces.keys), "heldout": str(args.heldout), "image_size": cfg.image_size,
+            "degradation_from": args.degradation_from, "seed": args.seed,
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "command": " ".join(["scripts/solver_quality.py", *argv])}
+    report = {"meta": meta, "results": results}
+    (args.out / "results.json").write_text(json.dumps(report, indent=1))
+    plot(results, args.out)
+    (args.out / "results.md").write_text(markdown(report))
+
+
+def merge(paths: list[Path], out: Path) -> None:
+    """One report (results.json/.md, solver.png in `out`) from several runs' results.json."""
+    reports = [json.loads(Path(p).read_text()) for p in paths]
+    meta = dict(reports[0]["meta"], command="; ".join(r["meta"]["command"] for r in reports))
+    results = sorted((res for r in reports for res in r["results"]), key=lambda res: -res["N"])
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"meta": meta, "results": results}
+    (out / "results.json").write_text(json.dumps(report, indent=1))
+    plot(results, out)
+    (out / "results.md").write_text(markdown(report))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
