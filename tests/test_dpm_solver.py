@@ -98,6 +98,6 @@ def test_cli_sampler_dpmpp_2m_with_steps(tiny_cfg, tmp_path, capsys):
     assert (out / "a.png").is_file()
     err = capsys.readouterr().err
     assert "sampler=dpmpp_2m" in err and "4 network evaluations per face" in err
-    with pytest.raises(SystemExit) as e:
-        inference.parse_args(["-i", "x", "-o", "y", "--sampler", "nope"])
-    assert e.value.code == 2
+    assert inference.main(["-i", str(src), "-o", str(tmp_path / "o2"), "--aligned", "--cfg", str(tiny_cfg),
+                           "--sampler", "nope"]) == 2
+    assert "'sampling.sampler'" in capsys.readouterr().err and not (tmp_path / "o2").exists()
