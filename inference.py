@@ -184,26 +184,31 @@ def write_all(job, images: list, estimate=None, cmp=None) -> bool:
 def restore_crops(method, cfg, crops, keys, device, masks=None):
     """Restore (N, 3, S, S) model-size faces in batches; one generator per (seed, key, sample).
 
-    The estimate f(y) is computed once per face and shared by its samples. masks: (N, 1, S, S),
-    1 = hole, for inpainting. Returns ([samples] each (N, 3, S, S) on the CPU, estimates (N, 3, S, S)).
+    The estimate f(y) is computed once per face; the `num_samples` samples of a batch run
+    together (a batch of batch_size x num_samples chains), each from its own generator, so the
+    result equals sample-by-sample restoration. masks: (N, 1, S, S), 1 = hole, for inpainting.
+    Returns ([samples] each (N, 3, S, S) on the CPU, estimates (N, 3, S, S)).
     """
     import torch
 
     from models.difface import image_generator
-    samples = [[] for _ in range(cfg.num_samples)]
+    k_samples = cfg.num_samples
+    samples = [[] for _ in range(k_samples)]
     estimates = []
+
+    def repeat(t):  # sample-major: row k * n + j is sample k of face j
+        return None if t is None else t.repeat(k_samples, *[1] * (t.dim() - 1))
+
     for i in range(0, len(crops), cfg.batch_size):
         y = crops[i:i + cfg.batch_size].to(device)
         mask = masks[i:i + cfg.batch_size].to(device) if masks is not None else None
-        batch_keys = keys[i:i + cfg.batch_size]
-        estimate = None
-        for k in range(cfg.num_samples):
-            result = method.restore(y, generator=[image_generator(cfg.seed, key, k) for key in batch_keys],
-                                    mask=mask, estimate=estimate)
-            samples[k].append(result.sample.cpu())
-            if estimate is None:
-                estimate = result.estimate
-                estimates.append(estimate.cpu())
+        batch_keys, n = keys[i:i + cfg.batch_size], len(y)
+        estimate = method.estimate_input(y, mask)
+        generators = [image_generator(cfg.seed, key, k) for k in range(k_samples) for key in batch_keys]
+        result = method.restore(repeat(y), generator=generators, mask=repeat(mask), estimate=repeat(estimate))
+        for k in range(k_samples):
+            samples[k].append(result.sample[k * n:(k + 1) * n].cpu())
+        estimates.append(result.estimate[:n].cpu())
     return [torch.cat(s) for s in samples], torch.cat(estimates)
 
 

@@ -133,6 +133,22 @@ class DifFace:
         with self._autocast(y.device):
             return self.estimator(y).float().clamp(0.0, 1.0)
 
+    def _model_inputs(self, y: torch.Tensor, mask: torch.Tensor | None):
+        """y at the model size (holes zeroed for inpainting) and the mask at the model size."""
+        size = (self.image_size, self.image_size)
+        y_model = resize(y.float(), size)
+        if mask is None:
+            return y_model, None
+        mask_model = resize_mask(mask, size)
+        return y_model * (1 - mask_model), mask_model
+
+    @torch.inference_mode()
+    def estimate_input(self, y: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x0_hat (B, 3, S, S) [0,1] at the model size for inputs y (B, 3, H, W) RGB [0,1], as
+        `restore` computes it (inpainting: the masked image and the mask (B, 1, H, W))."""
+        y_model, mask_model = self._model_inputs(y, mask)
+        return self.estimate(y_model if mask_model is None else torch.cat([y_model, mask_model], 1))
+
     @torch.inference_mode()
     def restore(self, y: torch.Tensor, generator: Generators = None,
                 start_noise: torch.Tensor | None = None, noise_fn: NoiseFn | None = None,
@@ -148,17 +164,8 @@ class DifFace:
         (e.g. the previous sample); the estimator is then not run again.
         """
         size = (self.image_size, self.image_size)
-        y_model = resize(y.float(), size)
-        mask_model = None
-        if mask is not None:
-            mask_model = resize_mask(mask, size)
-            y_model = y_model * (1 - mask_model)
-        if estimate is not None:
-            x0_hat = resize(estimate.float(), size)
-        elif mask is not None:
-            x0_hat = self.estimate(torch.cat([y_model, mask_model], 1))
-        else:
-            x0_hat = self.estimate(y_model)
+        y_model, mask_model = self._model_inputs(y, mask)
+        x0_hat = resize(estimate.float(), size) if estimate is not None else self.estimate_input(y, mask)
         if self.timesteps:
             # Paper Eq. 6: one closed-form jump to level N.
             abar_n = self.schedule.alpha_bar(self.start_step)

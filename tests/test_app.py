@@ -247,7 +247,7 @@ def test_handler_writes_the_bytes_the_command_line_writes(tiny_restorer, tiny_cf
     write_image(face, np.random.default_rng(1).integers(0, 256, (FACE_H, FACE_W, 3), dtype=np.uint8))
     bar = Bar()
     compare, samples, estimate, download, faces, note = _restore(tiny_restorer, face, samples=2, estimate=True, bar=bar)
-    assert [c for c in bar.calls if isinstance(c, tuple)] == [(1, 3), (2, 3), (3, 3), (1, 3), (2, 3), (3, 3)]
+    assert [c for c in bar.calls if isinstance(c, tuple)] == [(1, 3), (2, 3), (3, 3)]  # the samples run together
     out = tmp_path / "cli"
     assert inference.main(["-i", str(face), "-o", str(out), "--aligned", "--cfg", str(tiny_cfg), "--device", "cpu",
                            "--num-samples", "2", "--save-estimate"]) == 0

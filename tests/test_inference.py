@@ -273,3 +273,4 @@ def test_help_names_every_registered_sampler():
     from models.samplers import SAMPLERS
     text = subprocess.run([sys.executable, str(REPO / "inference.py"), "--help"], capture_output=True, text=True).stdout
     assert all(name in text for name in SAMPLERS), text
+

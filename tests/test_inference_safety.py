@@ -228,8 +228,12 @@ def test_estimate_is_computed_once_per_face(tiny_cfg):
     assert len(samples) == 3 and not torch.equal(samples[0], samples[1])
     method.estimator = estimator
     from models.difface import image_generator
-    again = method.restore(crops[:2], generator=[image_generator(cfg.seed, k, 2) for k in "ab"])
-    assert torch.equal(again.sample, samples[2][:2])
+    # The samples of a batch run together (6 chains here); each equals the restoration of its face
+    # alone from its own (seed, name, k) generator, to float rounding (another summation order).
+    for j, key in enumerate("abc"):
+        for k in range(3):
+            alone = method.restore(crops[j:j + 1], generator=[image_generator(cfg.seed, key, k)])
+            assert (alone.sample[0] - samples[k][j]).abs().max() < 1e-5, (key, k)
 
 
 def test_console_entry_point_is_declared():
