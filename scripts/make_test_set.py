@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import random
 import sys
 from multiprocessing import Pool
 from pathlib import Path
@@ -32,7 +31,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datapipe.datasets import resize_square  # noqa: E402
-from datapipe.degradations import (GRID_SIG, FaceTestParams, bivariate_gaussian_kernel, blur,  # noqa: E402
+from datapipe.degradations import (FaceTestParams, bivariate_gaussian_kernel, blur,  # noqa: E402
                                    celeba_test_grid, jpeg, resize_bilinear, round_to_uint8_levels)
 from datapipe.image_io import (ImageReadError, hwc_to_tensor, list_images, read_image,  # noqa: E402
                                tensor_to_hwc, write_image)
@@ -44,11 +43,9 @@ FIELDS = ("name", "index", "sf", "sig_x", "sig_y", "theta", "nf", "qf", "seed", 
 def official_draws(seed: int, num: int, size: int) -> tuple[list[FaceTestParams], list[tuple]]:
     """The first ``num`` grid combinations with the official sig_y, and the legacy NumPy state
     before each image's noise draw (the ``(h', w', 3)`` draws of a ``size`` x ``size`` image)."""
-    choices = random.Random(seed)
     stream = np.random.RandomState(seed)
     params, states = [], []
-    for prm in celeba_test_grid(np.random.default_rng(0))[:num]:  # sig_y replaced just below
-        prm = prm._replace(sig_y=float(choices.choice([int(s) for s in GRID_SIG])))
+    for prm in celeba_test_grid(seed)[:num]:
         params.append(prm)
         states.append(stream.get_state())
         stream.randn(int(size // prm.sf), int(size // prm.sf), 3)  # advance past this image's noise
