@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import sys
 import time
@@ -364,7 +363,7 @@ def run(cfg, jobs, args) -> dict:
     out = Path(args.output)
     todo = []
     for job in jobs:
-        job.record.update(input=relative(job.source, out), outputs=[relative(p, out) for p in job.outputs],
+        job.record.update(**job.paths(out),
                           seed=cfg.seed, aligned=args.aligned)
         if not args.overwrite and all(p.exists() for p in job.outputs):
             job.record["status"] = "skipped"
@@ -377,11 +376,6 @@ def run(cfg, jobs, args) -> dict:
         else:
             run_photos(method, cfg, todo, device, bar, args)
     return summarise(jobs)
-
-
-def relative(path: Path, out: Path) -> str:
-    """`path` relative to the output folder (manifests stay valid when the folder moves)."""
-    return Path(os.path.relpath(path.absolute(), out.absolute())).as_posix()
 
 
 def summarise(jobs) -> dict:

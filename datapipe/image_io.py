@@ -143,13 +143,21 @@ def header_size(data: bytes) -> tuple[int, int] | None:
 
 
 def image_size(path: PathLike) -> tuple[int, int] | None:
-    """(width, height) of an image file from its header (nothing decoded); None if unknown."""
+    """(width, height) of an image file from its header (nothing decoded); None if unknown.
+
+    The first 64 KiB hold the header of most files; WebP, TIFFs with their directory at the end
+    and JPEGs with large ICC profiles need the whole file (still not decoded)."""
     try:
         with open(path, "rb") as f:
             head = f.read(1 << 16)
+            if not head:
+                return None
+            size = header_size(head)
+            if size is None and len(head) == 1 << 16:
+                size = header_size(head + f.read())
+            return size
     except OSError:
         return None
-    return header_size(head) if head else None
 
 
 def _check_pixels(path: Path, data: bytes, max_pixels: float | None) -> None:

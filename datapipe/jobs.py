@@ -38,6 +38,13 @@ class Job:
     cmp: Path | None = None  # input | restored side by side
     record: dict = field(default_factory=dict)
 
+    def paths(self, out: Path) -> dict:
+        """The manifest's `input` and `outputs`, relative to the output folder `out` (manifests
+        stay valid when the folder moves)."""
+        def rel(path: Path) -> str:
+            return Path(os.path.relpath(path.absolute(), out.absolute())).as_posix()
+        return {"input": rel(self.source), "outputs": [rel(p) for p in self.outputs]}
+
 
 def list_inputs(src: Path, out: Path, recursive: bool) -> tuple[Path, list[Path]]:
     """The root the inputs are relative to, and the sorted input files."""

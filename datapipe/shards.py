@@ -160,13 +160,13 @@ def collect(parts: Path, world_size: int, timeout: float, poll: float = 0.2) -> 
     return reported
 
 
-def merge(jobs: Sequence[Job], reported: dict[int, dict], world_size: int, timeout: float) -> None:
+def merge(jobs: Sequence[Job], reported: dict[int, dict], world_size: int, timeout: float, out: Path) -> None:
     """Put every rank's records into `jobs` (all planned jobs, in order); unreported ones fail."""
     for i, job in enumerate(jobs):
         r = i % world_size
         record = reported.get(r, {}).get(job.key)
         if record is None:
-            record = {"input": str(job.source), "outputs": [str(p) for p in job.outputs], "status": "failed",
+            record = {**job.paths(out), "status": "failed",
                       "error": f"{job.source}: rank {r} did not report (stopped, or silent for {timeout:g} s)"}
         job.record = {**record, "rank": r}
 
@@ -194,14 +194,13 @@ def run_sharded(run_fn: Callable[[list[Job]], dict], jobs: list[Job], out: Path,
             print(f"error: rank {rank.rank}: {e}", file=sys.stderr)
             for job in mine:
                 if job.record.get("status") in (None, ""):
-                    job.record.update(input=str(job.source), outputs=[str(p) for p in job.outputs],
-                                      status="failed", error=f"{job.source}: rank {rank.rank} failed: {e}")
+                    job.record.update(**job.paths(out), status="failed", error=f"{job.source}: rank {rank.rank} failed: {e}")
         report(parts, rank.rank, mine)
     failed = sum(j.record.get("status") == "failed" for j in mine)
     print(f"rank {rank.rank}: {len(mine)} input(s), {failed} failed; reported", file=sys.stderr)
     if rank.rank != 0:
         return None
-    merge(jobs, collect(parts, rank.world_size, timeout), rank.world_size, timeout)
+    merge(jobs, collect(parts, rank.world_size, timeout), rank.world_size, timeout, out)
     shutil.rmtree(parts, ignore_errors=True)
     try:
         parts.parent.rmdir()  # only when no other run's folder is in it

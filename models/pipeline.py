@@ -20,7 +20,7 @@ from omegaconf.errors import OmegaConfBaseException
 from . import DiffusionConfig, NetworkConfig, build_network
 from .checkpoint import REGISTRY, WeightsError, describe_missing, find_weights, load_weights, resolve_weights
 from .diffusion import DiffusionSchedule
-from .difface import DTYPES, DifFace, known_pixel_correction, sampling_timesteps
+from .difface import DTYPES, STARTS_AT_N, DifFace, known_pixel_correction, sampling_timesteps
 from .runtime import configure_backends, prepare_network
 from .samplers import SAMPLERS
 
@@ -135,7 +135,8 @@ def validate(cfg: InferenceConfig) -> None:
             raise ConfigError(f"invalid value {value!r} for '{key}': expected {allowed}")
     s = cfg.sampling
     try:
-        sampling_timesteps(s.start_step, cfg.diffusion.steps, s.grid, s.steps, s.official_start)
+        sampling_timesteps(s.start_step, cfg.diffusion.steps, s.grid, s.steps,
+                           s.official_start and s.sampler not in STARTS_AT_N)
     except ValueError as e:
         raise ConfigError(f"invalid sampling settings (start_step={s.start_step}, grid={s.grid!r}, "
                           f"steps={s.steps}): {e}") from None

@@ -95,7 +95,7 @@ def test_a_silent_rank_is_given_up_and_its_files_marked_failed(tmp_path):
     start = time.monotonic()
     reported = collect(parts, 2, timeout=0.5, poll=0.05)
     assert time.monotonic() - start < 5
-    merge(jobs, reported, 2, 0.5)
+    merge(jobs, reported, 2, 0.5, tmp_path)
     status = {j.key: j.record["status"] for j in jobs}
     assert status == {"a.png": "done", "b.png": "failed", "broken.png": "done", "c.jpg": "failed",
                       "d.png": "done", "sub/e.png": "failed"}

@@ -101,3 +101,12 @@ def test_cli_sampler_dpmpp_2m_with_steps(tiny_cfg, tmp_path, capsys):
     assert inference.main(["-i", str(src), "-o", str(tmp_path / "o2"), "--aligned", "--cfg", str(tiny_cfg),
                            "--sampler", "nope"]) == 2
     assert "'sampling.sampler'" in capsys.readouterr().err and not (tmp_path / "o2").exists()
+
+
+def test_config_validation_follows_the_solver_start_at_n(tiny_cfg):
+    """dpmpp_2m evaluates at N itself, so N = 5 allows 6 steps (5..0); DDIM's official start does not."""
+    from models.pipeline import ConfigError, load_config
+    cfg = load_config(str(tiny_cfg), ["sampling.sampler=dpmpp_2m", "sampling.start_step=5", "sampling.steps=6"])
+    assert cfg.sampling.steps == 6
+    with pytest.raises(ConfigError, match="sampling"):
+        load_config(str(tiny_cfg), ["sampling.sampler=ddim", "sampling.start_step=5", "sampling.steps=6"])

@@ -185,3 +185,15 @@ def test_grey_detection_and_conversion():
     assert io_.is_grey(grey) and not io_.is_grey(torch.rand(3, 8, 8))
     out = io_.to_grey(torch.rand(2, 3, 8, 8))
     assert torch.equal(out[:, 0], out[:, 1]) and torch.equal(out[:, 1], out[:, 2])
+
+
+def test_image_size_reads_past_the_first_64_kib_when_the_header_needs_it(tmp_path):
+    """WebP files and TIFFs with their directory at the end are sized without being decoded."""
+    from PIL import Image
+
+    from datapipe.image_io import image_size
+    noise = np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8)  # incompressible
+    for name in ("a.webp", "a.tif"):
+        Image.fromarray(noise).save(tmp_path / name, **({"lossless": True} if name.endswith("webp") else {}))
+        assert (tmp_path / name).stat().st_size > 1 << 16
+        assert image_size(tmp_path / name) == (400, 300), name

@@ -281,3 +281,19 @@ def test_tensorboard_purges_the_steps_after_the_resume_point(faces, tmp_path, mo
     train(make_cfg(faces, tmp_path, "max_steps=4", "log.tensorboard=true"),
           resume=str(tmp_path / "ckpts" / "step_00000002.pt"))
     assert opened == [None, 3]
+
+
+def test_a_lasting_loss_level_stops_counting_as_a_spike():
+    """A loss that jumps and stays up is a spike at first, not forever (the window follows it)."""
+    from training.guards import LossWatch
+    watch = LossWatch(spike_factor=20)
+    for k in range(60):
+        watch.is_new_spike(1.0, k)
+    assert watch.is_new_spike(100.0, 60) and watch.spike_since == 60
+    spikes = [k for k in range(61, 200) if watch.is_new_spike(100.0, k) or watch.spike_since is not None]
+    assert watch.spike_since is None and spikes and max(spikes) < 120
+
+
+def test_spike_factor_between_0_and_1_is_refused(faces, tmp_path):
+    with pytest.raises(ValueError, match="log.spike_factor"):
+        make_cfg(faces, tmp_path, "log.spike_factor=0.5")

@@ -7,7 +7,7 @@
 * :mod:`training.logs` - :class:`RunLog`: log lines, TensorBoard, image grids (rank 0).
 """
 from .config import (AMP_DTYPES, LOWER_IS_BETTER, DataConfig, DiffusionConfig, LogConfig, ObjectiveConfig,
-                     OptimConfig, TrainConfig, check_config, config_changes, config_diff, config_yaml,
+                     OptimConfig, TrainConfig, check_config, config_changes, config_yaml,
                      load_config)
 from .objectives import OBJECTIVES, HybridDiffusionLoss, ImageScores, PixelLoss, build_objective
 from .state import (LR_SCHEDULES, CheckpointStore, Dist, Ema, LRFactor, ResumeError, RunFolder, rng_state,
@@ -15,7 +15,7 @@ from .state import (LR_SCHEDULES, CheckpointStore, Dist, Ema, LRFactor, ResumeEr
 
 __all__ = [
     "AMP_DTYPES", "LOWER_IS_BETTER", "DataConfig", "DiffusionConfig", "LogConfig", "ObjectiveConfig",
-    "OptimConfig", "TrainConfig", "check_config", "config_changes", "config_diff", "config_yaml", "load_config",
+    "OptimConfig", "TrainConfig", "check_config", "config_changes", "config_yaml", "load_config",
     "OBJECTIVES", "HybridDiffusionLoss", "ImageScores", "PixelLoss", "build_objective",
     "LR_SCHEDULES", "CheckpointStore", "Dist", "Ema", "LRFactor", "ResumeError", "RunFolder", "rng_state",
     "seed_all", "set_rng_state", "setup_distributed", "weights_hash",

@@ -132,11 +132,6 @@ def config_changes(saved_yaml: str, cfg: TrainConfig) -> list[tuple[str, object,
     return [(k, old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
 
 
-def config_diff(saved_yaml: str, cfg: TrainConfig) -> list[str]:
-    """Dotted keys whose values differ between a saved config (YAML text) and ``cfg``."""
-    return [k for k, _, _ in config_changes(saved_yaml, cfg)]
-
-
 def _allowed(key: str, value, allowed) -> None:
     if value not in allowed:
         raise ValueError(f"{key}={value!r} is not allowed; choose one of {sorted(allowed)}")
@@ -163,6 +158,8 @@ def check_config(cfg: TrainConfig) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise ValueError(f"{key} must be > 0, got {value}")
+    if not (cfg.log.spike_factor == 0 or cfg.log.spike_factor > 1):
+        raise ValueError(f"log.spike_factor must be 0 (off) or > 1, got {cfg.log.spike_factor}")
     if not 0.0 <= cfg.ema_rate < 1.0:
         raise ValueError(f"ema_rate must lie in [0, 1) (0 = no EMA), got {cfg.ema_rate}")
     if cfg.optim.eta_min > cfg.optim.lr:

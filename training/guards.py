@@ -58,7 +58,8 @@ def ignore_stop_signals(worker_id: int = 0) -> None:
 
 class SpikeWatch:
     """A loss counts as a spike when it exceeds ``factor`` times the median of the last
-    ``window`` finite non-spike losses (``factor`` 0 = never). Spikes do not enter the window."""
+    ``window`` finite losses (``factor`` 0 = never). Spikes enter the window too, so a lasting
+    shift of the loss level stops counting as a spike once it fills half the window."""
 
     def __init__(self, factor: float, window: int = 50):
         self.factor = factor
@@ -68,8 +69,7 @@ class SpikeWatch:
         if not math.isfinite(loss):
             return False
         spike = self.factor > 0 and bool(self.recent) and loss > self.factor * statistics.median(self.recent)
-        if not spike:
-            self.recent.append(loss)
+        self.recent.append(loss)
         return spike
 
 
