@@ -203,22 +203,38 @@ def test_uploads_above_the_size_limit_are_refused(tiny_app):
     assert status == 413 and "maximum allowed size of 1000000 bytes" in message
 
 
-def test_a_crafted_request_cannot_restore_a_server_file(tiny_app):
-    """A client naming a server path as its upload (here an image of the repository) is refused."""
+def _queue_events(url: str, path: str, session: str) -> list[dict]:
+    """Ask the app (as its page does) to restore the file at `path`; the queue's events."""
     import json
-    proc, url = tiny_app
-    server_image = sorted((REPO / "examples" / "faces").glob("*.png"))[0]
-    payload = {"data": [{"path": str(server_image), "meta": {"_type": "gradio.FileData"}}, True, 400, 0, "ddim",
-                        1, 12345, 2, False], "fn_index": 0, "session_hash": "crafted1"}
+    payload = {"data": [{"path": path, "meta": {"_type": "gradio.FileData"}}, True, 400, 0, "ddim",
+                        1, 12345, 2, False, False], "fn_index": 0, "session_hash": session}
     request = urllib.request.Request(f"{url}gradio_api/queue/join", data=json.dumps(payload).encode(),
                                      headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=10) as r:
         assert r.status == 200
-    with urllib.request.urlopen(f"{url}gradio_api/queue/data?session_hash=crafted1", timeout=30) as r:
-        events = [json.loads(line[5:]) for line in r.read().decode().splitlines() if line.startswith("data:")]
+    with urllib.request.urlopen(f"{url}gradio_api/queue/data?session_hash={session}", timeout=60) as r:
+        return [json.loads(line[5:]) for line in r.read().decode().splitlines() if line.startswith("data:")]
+
+
+def test_a_crafted_request_cannot_restore_a_server_file(tiny_app):
+    """A client naming a server path as its upload (here an image of the repository) is refused,
+    while the same request with the path of a real upload succeeds."""
+    import json
+    proc, url = tiny_app
+    server_image = sorted((REPO / "examples" / "faces").glob("*.png"))[0]
+    events = _queue_events(url, str(server_image), "crafted1")
     done = [e for e in events if e.get("msg") == "process_completed"]
     assert len(done) == 1 and done[0]["success"] is False, events
     assert "file=" not in json.dumps(events) and server_image.name not in json.dumps(events)
+    boundary = "difface-test-boundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"face.png\"\r\n"
+            f"Content-Type: image/png\r\n\r\n").encode() + server_image.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+    upload = urllib.request.Request(f"{url}gradio_api/upload", data=body,
+                                    headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    with urllib.request.urlopen(upload, timeout=10) as r:
+        uploaded = json.loads(r.read())[0]
+    done = [e for e in _queue_events(url, uploaded, "control1") if e.get("msg") == "process_completed"]
+    assert len(done) == 1 and done[0]["success"] is True, done
 
 
 @pytest.fixture(scope="module")
@@ -287,15 +303,15 @@ def test_bad_settings_are_refused_with_a_message(tiny_restorer, tmp_path):
     face = tmp_path / "face.png"
     write_image(face, np.zeros((FACE_H, FACE_W, 3), np.uint8))
     with pytest.raises(gr.Error, match="cannot take 200 distinct steps below start step 100"):
-        tiny_restorer(str(face), True, 100, 200, "ddim", 1, 0, 2, False, Bar())
+        tiny_restorer(str(face), True, 100, 200, "ddim", 1, 0, 2, False, False, Bar())
     with pytest.raises(gr.Error, match="invalid value 'euler' for 'sampling.sampler'"):
-        tiny_restorer(str(face), True, 100, 0, "euler", 1, 0, 2, False, Bar())
+        tiny_restorer(str(face), True, 100, 0, "euler", 1, 0, 2, False, False, Bar())
     with pytest.raises(gr.Error, match="samples 1-4"):
-        tiny_restorer(str(face), True, 100, 0, "ddim", 50, 0, 2, False, Bar())
+        tiny_restorer(str(face), True, 100, 0, "ddim", 50, 0, 2, False, False, Bar())
     small = tmp_path / "tiny.png"
     write_image(small, np.zeros((16, 16, 3), np.uint8))
     with pytest.raises(gr.Error, match="tiny.png: image is 16x16, too small") as caught:
-        tiny_restorer(str(small), True, 100, 0, "ddim", 1, 0, 2, False, Bar())
+        tiny_restorer(str(small), True, 100, 0, "ddim", 1, 0, 2, False, False, Bar())
     assert str(tmp_path) not in str(caught.value), "no server path in messages"
 
 

@@ -28,7 +28,7 @@ def test_presets_declare_their_framing(demo_framing):
     assert ffhq.template is None and ffhq.native_side((700, 700)) == 700
 
 
-def test_aligned_ffhq_crop_is_reframed_to_the_demo_template(demo_framing, shared_data):
+def test_aligned_ffhq_crop_is_reframed_to_the_demo_template(demo_framing):
     """A UTKFace crop placed into FFHQ framing comes back as the same crop at the demo's size."""
     utk = read_image(REPO / "examples" / "faces" / "9_0_0_20170110223916896.png")  # 100 px, FFHQ framing
     crop, affine = demo_framing.to_model(utk)
