@@ -35,16 +35,7 @@ def draw_noise(like: torch.Tensor, generator: Generators = None) -> torch.Tensor
     A generator lives on a device; the noise is drawn there and moved to `like`'s device, so a
     CPU generator gives the same numbers whatever device the model runs on.
     """
-    if generator is None or isinstance(generator, torch.Generator):
-        device = generator.device if generator is not None else like.device
-        z = torch.randn(like.shape, generator=generator, device=device, dtype=torch.float32)
-        return z.to(like.device)
-    if len(generator) != like.shape[0]:
-        raise ValueError(f"got {len(generator)} generators for a batch of {like.shape[0]}")
-    return torch.stack([
-        torch.randn(like.shape[1:], generator=g, device=g.device, dtype=torch.float32).to(like.device)
-        for g in generator
-    ])
+    return _draw_on_generator_device(like, generator).to(like.device)
 
 
 def chain_noise(like: torch.Tensor, generator: Generators, count: int) -> NoiseFn:
@@ -78,12 +69,18 @@ def _draw_on_generator_device(like: torch.Tensor, generator: Generators) -> torc
                         for g in generator]).to(generator[0].device)
 
 
-def _host_generators(generator: Generators, x: torch.Tensor) -> bool:
-    """True when the noise would be drawn on another device than x's (e.g. CPU generators, CUDA model)."""
-    if generator is None:
-        return False
+UP_FRONT_NOISE_BYTES = 2 << 30  # above this the chain draws step by step (a large batch x samples)
+
+
+def _up_front(noise_fn: NoiseFn | None, x: torch.Tensor, generator: Generators, count: int) -> NoiseFn | None:
+    """`noise_fn` as given, else `chain_noise` when the generators live on another device than x
+    (CPU generators, CUDA model) and the draws fit in UP_FRONT_NOISE_BYTES; else None."""
+    if noise_fn is not None or generator is None or count == 0:
+        return noise_fn
     gens = [generator] if isinstance(generator, torch.Generator) else list(generator)
-    return any(g.device.type != x.device.type for g in gens)
+    if all(g.device.type == x.device.type for g in gens) or count * x.numel() * 4 > UP_FRONT_NOISE_BYTES:
+        return None
+    return chain_noise(x, generator, count)
 
 
 def _split_output(out: torch.Tensor, channels: int) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -193,8 +190,8 @@ def ddim_sample_loop(model: Callable, x_start: torch.Tensor, timesteps: Sequence
     """
     steps = _check_timesteps(timesteps, schedule)
     x = x_start.float()
-    if noise_fn is None and eta > 0 and _host_generators(generator, x):
-        noise_fn = chain_noise(x, generator, len(steps) - 1)  # one draw per step but the last
+    if eta > 0:
+        noise_fn = _up_front(noise_fn, x, generator, len(steps) - 1)  # one draw per step but the last
     for k, t in enumerate(steps):
         t_prev = steps[k + 1] if k + 1 < len(steps) else None
         eps, _ = _split_output(_call_model(model, x, t), x.shape[1])
@@ -221,8 +218,7 @@ def ddpm_sample_loop(model: Callable, x_start: torch.Tensor, timesteps: Sequence
     respaced = schedule.respace(steps)
     position = {int(t): i for i, t in enumerate(respaced.timesteps)}
     x = x_start.float()
-    if noise_fn is None and _host_generators(generator, x):
-        noise_fn = chain_noise(x, generator, sum(position[t] > 0 for t in steps))
+    noise_fn = _up_front(noise_fn, x, generator, sum(position[t] > 0 for t in steps))
     for k, t in enumerate(steps):
         eps, v = _split_output(_call_model(model, x, t), x.shape[1])
         index = position[t]
@@ -274,8 +270,8 @@ def dpmpp_2m_sde_sample_loop(model: Callable, x_start: torch.Tensor, timesteps: 
 def _dpmpp_2m(model, x_start, timesteps, schedule, sde: bool, generator, noise_fn, correct_x0, callback):
     steps = _check_timesteps(timesteps, schedule)
     x = x_start.float()
-    if sde and noise_fn is None and _host_generators(generator, x):
-        noise_fn = chain_noise(x, generator, len(steps) - 1)
+    if sde:
+        noise_fn = _up_front(noise_fn, x, generator, len(steps) - 1)
     x0_prev, h_prev = None, None
     for k, t in enumerate(steps):
         t_next = steps[k + 1] if k + 1 < len(steps) else None

@@ -166,3 +166,17 @@ def test_swinir_attention_bias_cache_follows_new_weights():
     swinir.load_state_dict(other.state_dict())
     with torch.inference_mode():
         torch.testing.assert_close(swinir(x), other(x), atol=0, rtol=0)
+
+
+def test_up_front_noise_only_across_devices_and_within_its_memory_cap(monkeypatch):
+    """Pre-drawing pays only when the generators live elsewhere than the chain, and is skipped
+    (step-by-step draws, same numbers) when the whole chain's noise would not fit the cap."""
+    from models import samplers
+    g = torch.Generator().manual_seed(0)
+    on_cpu, elsewhere = torch.zeros(2, 3, 8, 8), torch.zeros(2, 3, 8, 8, device="meta")
+    assert samplers._up_front(None, on_cpu, g, 10) is None
+    assert callable(samplers._up_front(None, elsewhere, g, 10))
+    monkeypatch.setattr(samplers, "UP_FRONT_NOISE_BYTES", 10 * elsewhere.numel() * 4 - 1)
+    assert samplers._up_front(None, elsewhere, g, 10) is None
+    given = lambda step, x: x  # noqa: E731
+    assert samplers._up_front(given, elsewhere, g, 10) is given
