@@ -17,6 +17,18 @@ torch.backends.cuda.matmul.allow_tf32 = False
 torch.backends.cudnn.allow_tf32 = False
 
 
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """Downloads go to a closed local port and the weights folder is a temporary one, so a test
+    of the command line reaches neither the internet nor the user's cache (modules switch it on
+    with `pytestmark = pytest.mark.usefixtures("offline")`; tests that serve weights point
+    DIFFACE_WEIGHTS_URL_BASE at their own local server)."""
+    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("DIFFACE_WEIGHTS_URL_BASE", "http://127.0.0.1:9")
+    monkeypatch.setenv("DIFFACE_WEIGHTS", str(tmp_path / "weights-cache"))
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """One intra-op thread for training tests: on 2 shared cores, two spinning OpenMP threads

@@ -12,7 +12,9 @@ from datapipe.faces import (FFHQ_TEMPLATE_512, FaceDetector, estimate_similarity
                             inverse_affine, is_ffhq_template, transform_points, upscale_lanczos)
 from datapipe.image_io import read_image, tensor_to_uint8, write_image
 from models.pipeline import load_config
-from tests.test_inference import REPO, _faces, _run, offline  # noqa: F401  (autouse fixture)
+from tests.test_inference import REPO, _faces, _run
+
+pytestmark = pytest.mark.usefixtures("offline")
 
 
 @pytest.fixture(scope="module")

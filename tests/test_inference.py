@@ -15,14 +15,7 @@ from models import build_network
 
 REPO = Path(__file__).resolve().parents[1]
 
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch, tmp_path):
-    """No test reaches the internet or the user's cache: downloads go to a closed local port."""
-    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("DIFFACE_WEIGHTS_URL_BASE", "http://127.0.0.1:9")
-    monkeypatch.setenv("DIFFACE_WEIGHTS", str(tmp_path / "weights-cache"))
+pytestmark = pytest.mark.usefixtures("offline")
 
 
 def _faces(folder: Path, names, size=32, seed=0) -> Path:

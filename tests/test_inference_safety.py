@@ -17,7 +17,9 @@ from PIL import Image
 
 from datapipe.image_io import read_image
 from datapipe.jobs import PlanError, plan_jobs
-from tests.test_inference import REPO, _faces, _run, offline  # noqa: F401  (autouse fixture)
+from tests.test_inference import REPO, _faces, _run
+
+pytestmark = pytest.mark.usefixtures("offline")
 
 
 def _manifest(out: Path) -> dict:
