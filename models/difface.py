@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .diffusion import DiffusionSchedule, space_timesteps
-from .samplers import SAMPLERS, Generators, NoiseFn, draw_noise
+from .samplers import SAMPLERS, TAKES_ETA, Generators, NoiseFn, draw_noise
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 STARTS_AT_N = ("dpmpp_2m", "dpmpp_2m_sde")  # samplers whose first evaluation is always at N (textbook start)
@@ -174,7 +174,7 @@ class DifFace:
             correct = None
             if self.correct_x0_factory is not None:
                 correct = self.correct_x0_factory(2 * y_model - 1, mask_model)
-            kwargs = {"eta": self.eta} if self.sampler == "ddim" else {}
+            kwargs = {"eta": self.eta} if self.sampler in TAKES_ETA else {}
             x0 = SAMPLERS[self.sampler](self._prior, x_n, self.timesteps, self.schedule, generator=generator,
                                         noise_fn=noise_fn, correct_x0=correct, **kwargs)
             sample = (0.5 * x0 + 0.5).clamp(0.0, 1.0)

@@ -247,29 +247,35 @@ def dpmpp_2m_sample_loop(model: Callable, x_start: torch.Tensor, timesteps: Sequ
     The last step goes to abar = 1 (sigma = 0), where the first-order update returns D_k.
     Arguments as `ddim_sample_loop`; returns the final sample (B, C, H, W) in [-1, 1].
     """
-    return _dpmpp_2m(model, x_start, timesteps, schedule, False, generator, noise_fn, correct_x0, callback)
+    return _dpmpp_2m(model, x_start, timesteps, schedule, 0.0, generator, noise_fn, correct_x0, callback)
 
 
 def dpmpp_2m_sde_sample_loop(model: Callable, x_start: torch.Tensor, timesteps: Sequence[int],
-                             schedule: DiffusionSchedule, generator: Generators = None,
+                             schedule: DiffusionSchedule, eta: float = 1.0, generator: Generators = None,
                              noise_fn: NoiseFn | None = None, correct_x0: CorrectX0 | None = None,
                              callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None
                              ) -> torch.Tensor:
     """DPM-Solver++(2M) for the diffusion SDE (Lu et al. 2022, SDE-DPM-Solver++2M): stochastic.
 
-    As `dpmpp_2m_sample_loop` with the update
+    As `dpmpp_2m_sample_loop` with the update (eta in [0, 1] scales the injected noise; eta = 1
+    is the SDE solver of the paper, eta = 0 is exactly `dpmpp_2m`)
 
-        x_{k+1} = (sigma_{k+1}/sigma_k) exp(-h) x_k + alpha_{k+1} (1 - exp(-2h)) D
-                  + sigma_{k+1} sqrt(1 - exp(-2h)) z
+        x_{k+1} = (sigma_{k+1}/sigma_k) exp(-eta h) x_k + alpha_{k+1} (1 - exp(-(1 + eta) h)) D
+                  + sigma_{k+1} sqrt(1 - exp(-2 eta h)) z
 
-    one noise draw z per step but the last (which returns D_k), from `generator` / `noise_fn`.
+    one noise draw z per step but the last (which returns D_k), from `generator` / `noise_fn`
+    (none at all with eta = 0).
     """
-    return _dpmpp_2m(model, x_start, timesteps, schedule, True, generator, noise_fn, correct_x0, callback)
+    if not 0.0 <= eta <= 1.0:
+        raise ValueError(f"dpmpp_2m_sde needs 0 <= eta <= 1, got {eta}")
+    return _dpmpp_2m(model, x_start, timesteps, schedule, eta, generator, noise_fn, correct_x0, callback)
 
 
-def _dpmpp_2m(model, x_start, timesteps, schedule, sde: bool, generator, noise_fn, correct_x0, callback):
+def _dpmpp_2m(model, x_start, timesteps, schedule, eta: float, generator, noise_fn, correct_x0, callback):
+    """Both 2M solvers; eta = 0 is the ODE solver (no draws), eta > 0 the SDE family."""
     steps = _check_timesteps(timesteps, schedule)
     x = x_start.float()
+    sde = eta > 0
     if sde:
         noise_fn = _up_front(noise_fn, x, generator, len(steps) - 1)
     x0_prev, h_prev = None, None
@@ -291,8 +297,8 @@ def _dpmpp_2m(model, x_start, timesteps, schedule, sde: bool, generator, noise_f
             d = x0 if x0_prev is None else x0 + (x0 - x0_prev) * (h / (2 * h_prev))
             if sde:
                 z = _step_noise(k, x, generator, noise_fn)
-                x = ((sigma_next / sigma) * math.exp(-h)) * x + (alpha_next * -math.expm1(-2 * h)) * d \
-                    + (sigma_next * math.sqrt(-math.expm1(-2 * h))) * z
+                x = ((sigma_next / sigma) * math.exp(-eta * h)) * x + (alpha_next * -math.expm1(-(1 + eta) * h)) * d \
+                    + (sigma_next * math.sqrt(-math.expm1(-2 * eta * h))) * z
             else:
                 x = (sigma_next / sigma) * x - (alpha_next * math.expm1(-h)) * d
             x0_prev, h_prev = x0, h
@@ -304,4 +310,5 @@ def _dpmpp_2m(model, x_start, timesteps, schedule, sde: bool, generator, noise_f
 SAMPLERS = {"ddim": ddim_sample_loop, "ddpm": ddpm_sample_loop, "dpmpp_2m": dpmpp_2m_sample_loop,
             "dpmpp_2m_sde": dpmpp_2m_sde_sample_loop}
 """Sampler name -> loop. Every loop takes (model, x_start, timesteps, schedule, generator=,
-noise_fn=, correct_x0=, callback=); only 'ddim' also takes `eta`."""
+noise_fn=, correct_x0=, callback=); those in TAKES_ETA also take `eta` (their stochasticity)."""
+TAKES_ETA = ("ddim", "dpmpp_2m_sde")

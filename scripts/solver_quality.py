@@ -6,8 +6,8 @@
 For each start step N of --n-values (default: 400 and the config's own N) the held-out faces
 (degraded once, exactly as in scripts/reproduce_small.py) are restored by
   * the reference: DDIM, eta 0.5, on the config's grid below N (100 evaluations at N = 400),
-  * dpmpp_2m and dpmpp_2m_sde with K evaluations for each K of --ks (first evaluation at N), and DDIM
-    (eta 0.5, the config's official start) with K of --ddim-ks,
+  * dpmpp_2m and dpmpp_2m_sde (for each eta of --sde-etas) with K evaluations for each K of --ks
+    (first evaluation at N), and DDIM (eta 0.5, the config's official start) with K of --ddim-ks,
 and scored by PSNR / SSIM against the HQ faces and FID / KID against the HQ set. The
 selected K (of either solver) is the smallest one whose FID and KID are no worse than the reference and whose
 PSNR is within --psnr-tolerance dB of it. Writes results.json, results.md and solver.png.
@@ -35,6 +35,13 @@ from models.pipeline import ConfigError, load_config, pick_device  # noqa: E402
 SOLVERS = ("dpmpp_2m", "dpmpp_2m_sde")
 
 
+def float_list(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--heldout", type=Path, metavar="DIR", help="folder of held-out HQ faces (required unless --merge)")
@@ -46,6 +53,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="start steps (default: 400 and the config's start step)")
     p.add_argument("--ks", type=rs.int_list, default=[5, 8, 10, 15, 20], metavar="K,K,...",
                    help="evaluations per face of the few-step rows (default: 5,8,10,15,20)")
+    p.add_argument("--sde-etas", type=float_list, default=[0.5, 1.0], metavar="ETA,ETA",
+                   help="noise scales of the dpmpp_2m_sde rows, 1 = the full SDE (default: 0.5,1.0)")
     p.add_argument("--ddim-ks", type=rs.int_list, default=[10], metavar="K,K",
                    help="DDIM (eta 0.5) rows with K evaluations, for comparison (default: 10)")
     p.add_argument("--psnr-tolerance", type=float, default=0.2, help="dB below the reference (default: 0.2)")
@@ -95,10 +104,11 @@ def plot(results: list[dict], out: Path) -> None:
     for row_axes, res in zip(axes, results):
         ref = res["reference"]
         for ax, (key, title) in zip(row_axes, panels):
-            for sampler, style in (("dpmpp_2m", "o-"), ("dpmpp_2m_sde", "^-"), ("ddim", "s--")):
-                rows = [r for r in res["rows"] if r["sampler"] == sampler]
+            series = dict.fromkeys(r["label"].rsplit(" K = ", 1)[0] for r in res["rows"])
+            for name, style in zip(series, ("o-", "^-", "v-", "D-", "s--", "x-")):
+                rows = [r for r in res["rows"] if r["label"].rsplit(" K = ", 1)[0] == name]
                 ax.plot([r["evaluations"] for r in rows], [r[key] for r in rows], style,
-                        label=f"{sampler} (K evaluations)")
+                        label=f"{name} (K evaluations)")
             ax.axhline(ref[key], color="grey", ls=":", label=f"DDIM reference ({ref['evaluations']} evals)")
             ax.set(xlabel="network evaluations per face", title=f"{title}, N = {res['N']}")
             ax.grid(alpha=0.3)
@@ -154,18 +164,21 @@ def main(argv=None) -> int:
     score = Scores(rs.to_uint8(faces.hq), device, args.fid_backbone)
     base, s = runner.base, cfg.sampling
 
-    def run(label: str, sampler: str, n: int, steps: int | None) -> dict:
+    def run(label: str, sampler: str, n: int, steps: int | None, eta: float = 0.5) -> dict:
         method = DifFace(base.estimator, base.prior, base.schedule, cfg.image_size, start_step=n, grid=s.grid,
-                         steps=steps, official_start=s.official_start, eta=0.5, sampler=sampler)
+                         steps=steps, official_start=s.official_start, eta=eta, sampler=sampler)
         out, _, sec = runner.restore(method, lq, faces.keys, label)
-        return score(label, out, sampler=sampler, N=n, evaluations=len(method.timesteps), seconds_per_image=sec)
+        return score(label, out, sampler=sampler, eta=eta if sampler != "dpmpp_2m" else 0.0, N=n,
+                     evaluations=len(method.timesteps), seconds_per_image=sec)
 
     runner.restore(DifFace(base.estimator, base.prior, base.schedule, cfg.image_size, 400, steps=1),
                    lq[:1], faces.keys[:1], "warm-up")
     results = []
     for n in n_values:  # results.json after each N, so that a late failure keeps the earlier numbers
-        plan = [*((name, args.ks) for name in SOLVERS), ("ddim", args.ddim_ks)]
-        rows = [run(f"{sampler} K = {k}", sampler, n, k) for sampler, ks in plan for k in ks if k <= n]
+        plan = [("dpmpp_2m", "dpmpp_2m", 0.0, args.ks),
+                *((f"dpmpp_2m_sde eta {eta:g}", "dpmpp_2m_sde", eta, args.ks) for eta in args.sde_etas),
+                ("ddim", "ddim", 0.5, args.ddim_ks)]
+        rows = [run(f"{name} K = {k}", sampler, n, k, eta) for name, sampler, eta, ks in plan for k in ks if k <= n]
         ref = run(f"DDIM eta 0.5, grid {s.grid}", "ddim", n, None)
         results.append({"N": n, "reference": ref, "rows": rows, "selected": choose(ref, rows, args.psnr_tolerance)})
         write(args, cfg, device, faces, argv, results)

@@ -54,6 +54,50 @@ def test_matches_diffusers_dpm_solver_multistep(steps, sde):
     assert not torch.allclose(ours, x_start, atol=1e-2)
 
 
+def test_sde_eta_zero_is_the_ode_solver_and_draws_nothing():
+    schedule = DiffusionSchedule.from_name("linear", 1000)
+    net = SmallNet().eval()
+    x_start = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    steps = [400, 250, 120, 40, 0]
+
+    def no_noise(k, x):
+        raise AssertionError("eta = 0 drew noise")
+    with torch.no_grad():
+        ode = dpmpp_2m_sample_loop(net, x_start, steps, schedule)
+        sde0 = dpmpp_2m_sde_sample_loop(net, x_start, steps, schedule, eta=0.0, noise_fn=no_noise)
+    assert torch.equal(ode, sde0)
+    with pytest.raises(ValueError, match="eta"):
+        dpmpp_2m_sde_sample_loop(net, x_start, steps, schedule, eta=1.5)
+
+
+@pytest.mark.parametrize("eta", [0.3, 0.7, 1.0])
+def test_sde_keeps_the_forward_marginals_for_every_eta(eta):
+    """Oracle: a network whose x0 prediction is always D. Started from x_N ~ N(a_N D, s_N^2), each
+    state of the SDE solver must be N(a_k D, s_k^2): a wrong decay or noise coefficient for the
+    given eta shows in the mean or the spread (e.g. sqrt(1 - exp(-eta h)) for the noise gives a
+    spread about 7% too small at eta = 0.5)."""
+    schedule = DiffusionSchedule.from_name("linear", 1000)
+    d = torch.tensor([-0.6, 0.1, 0.5]).view(1, 3, 1, 1)
+    steps = [400, 300, 200, 120, 60, 20, 0]
+    gen = torch.Generator().manual_seed(5)
+
+    def oracle(x, t):
+        ab = schedule.alpha_bar(int(t[0]))
+        return (x - ab ** 0.5 * d) / (1 - ab) ** 0.5
+
+    ab0 = schedule.alpha_bar(steps[0])
+    x_start = ab0 ** 0.5 * d + (1 - ab0) ** 0.5 * torch.randn(16, 3, 64, 64, generator=gen)
+    states = []
+    out = dpmpp_2m_sde_sample_loop(oracle, x_start, steps, schedule, eta=eta, generator=gen,
+                                   callback=lambda k, x, x0: states.append(x))
+    torch.testing.assert_close(out, d.expand_as(out), atol=1e-5, rtol=0)
+    for x, t in zip(states, steps[1:]):
+        ab = schedule.alpha_bar(t)
+        mean, std = x.mean(dim=(0, 2, 3)), x.std(dim=(0, 2, 3))
+        torch.testing.assert_close(mean, ab ** 0.5 * d.flatten(), atol=0.01, rtol=0)
+        torch.testing.assert_close(std, torch.full_like(std, (1 - ab) ** 0.5), atol=0, rtol=0.02)
+
+
 def test_true_eps_recovers_x0_and_intermediate_states_stay_on_the_path():
     """Oracle: with the exact noise of x_t = a x0 + s z, every state is a_k x0 + s_k z."""
     schedule = DiffusionSchedule.from_name("linear", 1000)

@@ -103,3 +103,40 @@ def test_checkpointing_keeps_gradients():
     ckpt(x).square().mean().backward()
     for (name, p), q in zip(plain.named_parameters(), ckpt.parameters()):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_window_order_is_roll_and_partition_and_serves_autograd_after_inference():
+    from models.swinir import window_order, window_partition, window_reverse
+    x = torch.randn(2, 8, 12, 5)
+    for shift in (0, 2):
+        with torch.inference_mode():  # first built (and cached) under inference mode
+            order, inverse = window_order(8, 12, 4, shift, torch.device("cpu"))
+        rolled = torch.roll(x, (-shift, -shift), (1, 2)) if shift else x
+        windows = window_partition(rolled, 4)
+        assert torch.equal(x.view(2, 96, 5).index_select(1, order).view(-1, 16, 5), windows)
+        back = window_reverse(windows, 4, 8, 12)
+        back = torch.roll(back, (shift, shift), (1, 2)) if shift else back
+        assert torch.equal(windows.view(2, 96, 5).index_select(1, inverse).view(2, 8, 12, 5), back)
+        assert torch.equal(back, x)
+        w = torch.randn(2, 96, 5, requires_grad=True)
+        w.index_select(1, order).sum().backward()  # a cached inference tensor would raise here
+
+
+@pytest.mark.parametrize("batch, hw", [(1, (16, 16)), (3, (16, 24))])
+def test_cpu_inference_path_equals_the_autograd_path(batch, hw):
+    """Without autograd on a CPU the linears run as 1x1 convolutions and attention as one matmul
+    per head; with autograd (training) nn.Linear and SDPA run. Same numbers; shifted windows
+    of several images (batch 3) take the repeated-bias branch."""
+    model = tiny(img_size=16, depths=[2, 2], num_heads=[2, 4], embed_dim=16, upsampler="", sf=1)
+    for p in model.parameters():  # no zero-initialised bias table: the bias must matter
+        torch.nn.init.normal_(p, std=0.1)
+    x = torch.rand(batch, 3, *hw)
+    with torch.enable_grad():
+        reference = model(x)
+    assert reference.requires_grad
+    with torch.inference_mode():
+        fast = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(x)
+    torch.testing.assert_close(fast, reference.detach(), atol=2e-6, rtol=1e-5)
+    assert torch.isfinite(low).all() and (low.float() - reference).abs().max() < 0.1
