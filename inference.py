@@ -16,6 +16,7 @@ import argparse
 import json
 import platform
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -54,7 +55,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--steps", type=at_least(1), help="number of network evaluations from N down to 0")
     g.add_argument("--textbook-start", action="store_true",
                    help="first network call at N itself (the official code starts one grid point lower)")
-    g.add_argument("--eta", type=float, help="DDIM eta (0 = deterministic)")
+    g.add_argument("--eta", type=float, help="noise scale of ddim and dpmpp_2m_sde (0 = deterministic; 1 = DDPM-like)")
     g.add_argument("--sampler", metavar="NAME",
                    help="reverse-process sampler: ddim, ddpm, dpmpp_2m (few steps: with --steps K), dpmpp_2m_sde "
                         "(the registry of models/samplers.py)")
@@ -297,14 +298,27 @@ def background_upsampler(args, device):
     return upsample
 
 
+_DETECTORS = threading.local()
+
+
+def face_detector(args):
+    """The FaceDetector for these settings, built once per thread: loading dlib's models takes
+    about 0.7 s, and the web demo calls `run_photos` once per request (from worker threads)."""
+    from datapipe.faces import FaceDetector
+    key = (args.detector, args.det_threshold, args.min_face_size)
+    cache = _DETECTORS.__dict__.setdefault("by_settings", {})
+    if key not in cache:
+        cache[key] = FaceDetector(args.detector, score_threshold=args.det_threshold, min_face_size=args.min_face_size)
+    return cache[key]
+
+
 def run_photos(method, cfg, jobs, device, bar, args) -> None:
     """Whole photos: detect, align, restore, paste back; a photo without a face is only upscaled."""
     import numpy as np
 
-    from datapipe.faces import FaceDetector
     from datapipe.image_io import tensor_to_uint8
     from datapipe.photos import PhotoTooLarge, restore_photo, side_by_side
-    detector = FaceDetector(args.detector, score_threshold=args.det_threshold, min_face_size=args.min_face_size)
+    detector = face_detector(args)
     background = background_upsampler(args, device)
     template = np.asarray(cfg.face.template, dtype=np.float32)
     out = Path(args.output)

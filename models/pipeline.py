@@ -123,6 +123,7 @@ def validate(cfg: InferenceConfig) -> None:
          f"an integer in [0, {cfg.diffusion.steps - 1}]"),
         (cfg.sampling.steps is None or cfg.sampling.steps >= 1, "sampling.steps", "None or >= 1"),
         (cfg.sampling.eta >= 0, "sampling.eta", ">= 0"),
+        (cfg.sampling.sampler != "dpmpp_2m_sde" or cfg.sampling.eta <= 1, "sampling.eta", "<= 1 with dpmpp_2m_sde"),
         (cfg.num_samples >= 1, "num_samples", ">= 1"),
         (cfg.batch_size >= 1, "batch_size", ">= 1"),
         (cfg.image_size >= 8, "image_size", ">= 8"),

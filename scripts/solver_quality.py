@@ -57,6 +57,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="noise scales of the dpmpp_2m_sde rows, 1 = the full SDE (default: 0.5,1.0)")
     p.add_argument("--ddim-ks", type=rs.int_list, default=[10], metavar="K,K",
                    help="DDIM (eta 0.5) rows with K evaluations, for comparison (default: 10)")
+    p.add_argument("--ddim-eta0", action="store_true",
+                   help="also the reference's deterministic limit: DDIM eta 0 on the same grid")
+    p.add_argument("--bf16-ks", type=rs.int_list, default=[], metavar="K,K",
+                   help="dpmpp_2m rows run in bfloat16 autocast, for comparison with fp32 (default: none)")
     p.add_argument("--psnr-tolerance", type=float, default=0.2, help="dB below the reference (default: 0.2)")
     p.add_argument("--max-images", type=int, default=100, help="held-out faces used (default: %(default)s)")
     p.add_argument("--degradation-from", default="configs/train/demo_estimator.yaml", metavar="YAML")
@@ -88,10 +92,11 @@ class Scores:
 
 
 def choose(reference: dict, rows: list[dict], tolerance: float) -> dict | None:
-    """The fewest-evaluation solver row no worse than the reference in FID, KID and PSNR - tolerance
+    """The fewest-evaluation fp32 solver row no worse than the reference in FID, KID and PSNR - tolerance
     (on a tie the first of SOLVERS)."""
-    ok = [r for r in rows if r["sampler"] in SOLVERS and r["fid"] <= reference["fid"]
-          and r["kid_x1000"] <= reference["kid_x1000"] and r["psnr"] >= reference["psnr"] - tolerance]
+    ok = [r for r in rows if r["sampler"] in SOLVERS and r.get("dtype", "fp32") == "fp32"
+          and r["fid"] <= reference["fid"] and r["kid_x1000"] <= reference["kid_x1000"]
+          and r["psnr"] >= reference["psnr"] - tolerance]
     return min(ok, key=lambda r: (r["evaluations"], SOLVERS.index(r["sampler"]))) if ok else None
 
 
@@ -164,11 +169,11 @@ def main(argv=None) -> int:
     score = Scores(rs.to_uint8(faces.hq), device, args.fid_backbone)
     base, s = runner.base, cfg.sampling
 
-    def run(label: str, sampler: str, n: int, steps: int | None, eta: float = 0.5) -> dict:
+    def run(label: str, sampler: str, n: int, steps: int | None, eta: float = 0.5, dtype: str = "fp32") -> dict:
         method = DifFace(base.estimator, base.prior, base.schedule, cfg.image_size, start_step=n, grid=s.grid,
-                         steps=steps, official_start=s.official_start, eta=eta, sampler=sampler)
+                         steps=steps, official_start=s.official_start, eta=eta, sampler=sampler, dtype=dtype)
         out, _, sec = runner.restore(method, lq, faces.keys, label)
-        return score(label, out, sampler=sampler, eta=eta if sampler != "dpmpp_2m" else 0.0, N=n,
+        return score(label, out, sampler=sampler, eta=eta if sampler != "dpmpp_2m" else 0.0, dtype=dtype, N=n,
                      evaluations=len(method.timesteps), seconds_per_image=sec)
 
     runner.restore(DifFace(base.estimator, base.prior, base.schedule, cfg.image_size, 400, steps=1),
@@ -179,6 +184,9 @@ def main(argv=None) -> int:
                 *((f"dpmpp_2m_sde eta {eta:g}", "dpmpp_2m_sde", eta, args.ks) for eta in args.sde_etas),
                 ("ddim", "ddim", 0.5, args.ddim_ks)]
         rows = [run(f"{name} K = {k}", sampler, n, k, eta) for name, sampler, eta, ks in plan for k in ks if k <= n]
+        rows += [run(f"dpmpp_2m bf16 K = {k}", "dpmpp_2m", n, k, 0.0, "bf16") for k in args.bf16_ks if k <= n]
+        if args.ddim_eta0:
+            rows.append(run(f"DDIM eta 0, grid {s.grid}", "ddim", n, None, 0.0))
         ref = run(f"DDIM eta 0.5, grid {s.grid}", "ddim", n, None)
         results.append({"N": n, "reference": ref, "rows": rows, "selected": choose(ref, rows, args.psnr_tolerance)})
         write(args, cfg, device, faces, argv, results)

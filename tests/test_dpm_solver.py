@@ -154,3 +154,6 @@ def test_config_validation_follows_the_solver_start_at_n(tiny_cfg):
     assert cfg.sampling.steps == 6
     with pytest.raises(ConfigError, match="sampling"):
         load_config(str(tiny_cfg), ["sampling.sampler=ddim", "sampling.start_step=5", "sampling.steps=6"])
+    with pytest.raises(ConfigError, match="sampling.eta"):
+        load_config(str(tiny_cfg), ["sampling.sampler=dpmpp_2m_sde", "sampling.eta=1.5"])
+    assert load_config(str(tiny_cfg), ["sampling.sampler=ddim", "sampling.eta=1.5"]).sampling.eta == 1.5

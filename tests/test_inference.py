@@ -198,6 +198,20 @@ def test_whole_photo_limits_and_missing_detector(tiny_cfg, tmp_path, capsys):
         assert "facexlib" in capsys.readouterr().err
 
 
+def test_face_detector_is_built_once_per_settings_and_thread():
+    import threading
+    args = inference.parse_args(["-i", "in", "-o", "out"])
+    first = inference.face_detector(args)
+    assert inference.face_detector(args) is first  # the web demo's next request reuses it
+    other = inference.parse_args(["-i", "in", "-o", "out", "--det-threshold", "0.5"])
+    assert inference.face_detector(other) is not first and inference.face_detector(other).score_threshold == 0.5
+    seen = []
+    worker = threading.Thread(target=lambda: seen.append(inference.face_detector(args)))
+    worker.start()
+    worker.join()
+    assert seen and seen[0] is not first  # dlib's models are not shared between threads
+
+
 # ---- inpainting -----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
