@@ -250,7 +250,8 @@ class Scorer:
     def __call__(self, label: str, images: list[np.ndarray], **info) -> dict:
         psnr = [self.psnr.measure(a, b).value for a, b in zip(images, self.hq)]
         ssim = [self.ssim.measure(a, b).value for a, b in zip(images, self.hq)]
-        fid = self.fid.distance(self.fid.stats(images), self.reference)
+        self.last_stats = self.fid.stats(images)  # features kept below 2048 images (KID uses them)
+        fid = self.fid.distance(self.last_stats, self.reference)
         row = {"label": label, **info, "psnr": float(np.mean(psnr)), "ssim": float(np.mean(ssim)), "fid": fid,
                "psnr_std": float(np.std(psnr)), "ssim_std": float(np.std(ssim)),
                "per_image": {"psnr": psnr, "ssim": ssim}}

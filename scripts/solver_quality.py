@@ -8,9 +8,13 @@ For each start step N of --n-values (default: 400 and the config's own N) the he
   * the reference: DDIM, eta 0.5, on the config's grid below N (100 evaluations at N = 400),
   * dpmpp_2m and dpmpp_2m_sde (for each eta of --sde-etas) with K evaluations for each K of --ks
     (first evaluation at N), and DDIM (eta 0.5, the config's official start) with K of --ddim-ks,
+  * optionally dpmpp_2m in bfloat16 (--bf16-ks) and the reference's deterministic limit (--ddim-eta0),
 and scored by PSNR / SSIM against the HQ faces and FID / KID against the HQ set. The
 selected K (of either solver) is the smallest one whose FID and KID are no worse than the reference and whose
-PSNR is within --psnr-tolerance dB of it. Writes results.json, results.md and solver.png.
+PSNR is within --psnr-tolerance dB of it. As FID and KID of a few hundred faces are noisy, each row
+also gets 95% intervals of its difference to the reference (KID, PSNR) from a paired bootstrap over
+the faces, and the smallest K not significantly worse is reported too.
+Writes results.json, results.md and solver.png.
 Every row uses the same generator per (seed, face), so rows differ only by the sampler.
 """
 from __future__ import annotations
@@ -28,7 +32,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve
 
 import reproduce_small as rs  # noqa: E402
 
-from metrics.kid import kernel_inception_distance  # noqa: E402
+from metrics.kid import kernel_inception_distance, polynomial_mmd2  # noqa: E402
 from models.difface import DifFace  # noqa: E402
 from models.pipeline import ConfigError, load_config, pick_device  # noqa: E402
 
@@ -73,22 +77,37 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 class Scores:
-    """PSNR / SSIM per face, FID and KID (x 1000) against the HQ set."""
+    """PSNR / SSIM per face, FID and KID (x 1000) against the HQ set; keeps each row's per-face
+    PSNR and Inception features for the paired bootstrap of `compare`."""
 
     def __init__(self, hq: list[np.ndarray], device, backbone: str):
         self.base = rs.Scorer(hq, device, backbone)
+        self.kept: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     def __call__(self, label: str, images: list[np.ndarray], **info) -> dict:
-        b = self.base
-        stats = b.fid.stats(images)
-        psnr = [b.psnr.measure(x, y).value for x, y in zip(images, b.hq)]
-        ssim = [b.ssim.measure(x, y).value for x, y in zip(images, b.hq)]
-        row = {"label": label, **info, "psnr": float(np.mean(psnr)), "ssim": float(np.mean(ssim)),
-               "fid": b.fid.distance(stats, b.reference),
-               "kid_x1000": 1000 * kernel_inception_distance(stats.features, b.reference.features)}
-        print(f"  {label}: PSNR {row['psnr']:.2f} SSIM {row['ssim']:.4f} FID {row['fid']:.2f} "
-              f"KIDx1000 {row['kid_x1000']:.2f}", file=sys.stderr)
+        row = self.base(label, images, **info)
+        features, reference = self.base.last_stats.features, self.base.reference.features
+        if features is None or reference is None:
+            raise ValueError(f"KID needs the Inception features: use fewer than 2048 images (got {len(images)})")
+        row["kid_x1000"] = 1000 * kernel_inception_distance(features, reference)
+        self.kept[label] = (np.asarray(row.pop("per_image")["psnr"]), features)
+        print(f"  {label}: KIDx1000 {row['kid_x1000']:.2f}", file=sys.stderr)
         return row
+
+    def compare(self, row: dict, reference: dict, key: str = "delta", reps: int = 200, seed: int = 0) -> None:
+        """95% intervals of (row - reference) in KID x 1000 and PSNR under a paired bootstrap over
+        the faces (both rows restore the same faces; each draw resamples the faces once, for the
+        two rows and the HQ set alike). Adds 'kid_<key>_ci' and 'psnr_<key>_ci' to `row`."""
+        (psnr_a, feat_a), (psnr_b, feat_b) = self.kept[row["label"]], self.kept[reference["label"]]
+        hq = self.base.reference.features
+        rng = np.random.default_rng(seed)
+        kid, psnr = [], []
+        for _ in range(reps):
+            i = rng.integers(0, len(hq), len(hq))
+            kid.append(1000 * (polynomial_mmd2(feat_a[i], hq[i]) - polynomial_mmd2(feat_b[i], hq[i])))
+            psnr.append(psnr_a[i].mean() - psnr_b[i].mean())
+        row[f"kid_{key}_ci"] = [float(v) for v in np.percentile(kid, [2.5, 97.5])]
+        row[f"psnr_{key}_ci"] = [float(v) for v in np.percentile(psnr, [2.5, 97.5])]
 
 
 def choose(reference: dict, rows: list[dict], tolerance: float) -> dict | None:
@@ -97,6 +116,14 @@ def choose(reference: dict, rows: list[dict], tolerance: float) -> dict | None:
     ok = [r for r in rows if r["sampler"] in SOLVERS and r.get("dtype", "fp32") == "fp32"
           and r["fid"] <= reference["fid"] and r["kid_x1000"] <= reference["kid_x1000"]
           and r["psnr"] >= reference["psnr"] - tolerance]
+    return min(ok, key=lambda r: (r["evaluations"], SOLVERS.index(r["sampler"]))) if ok else None
+
+
+def within_noise(rows: list[dict], tolerance: float) -> dict | None:
+    """The fewest-evaluation fp32 solver row not significantly worse than the reference: its ΔKID
+    interval reaches 0 and its ΔPSNR interval reaches -tolerance."""
+    ok = [r for r in rows if r["sampler"] in SOLVERS and r.get("dtype", "fp32") == "fp32" and "kid_delta_ci" in r
+          and r["kid_delta_ci"][0] <= 0 and r["psnr_delta_ci"][1] >= -tolerance]
     return min(ok, key=lambda r: (r["evaluations"], SOLVERS.index(r["sampler"]))) if ok else None
 
 
@@ -133,13 +160,23 @@ def markdown(report: dict) -> str:
              "upward, compare within a table only)", f"- command: `{m['command']}`", ""]
     for res in report["results"]:
         lines += [f"## N = {res['N']}", "",
-                  "| sampler | evaluations | PSNR ↑ | SSIM ↑ | FID ↓ | KID×10³ ↓ | s / face |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| sampler | evaluations | PSNR ↑ | SSIM ↑ | FID ↓ | KID×10³ ↓ | ΔKID×10³ (95%) | ΔPSNR (95%) "
+                  "| s / face |", "|---|---|---|---|---|---|---|---|---|"]
         for r in [res["reference"], *res["rows"]]:
+            ci = [f"[{r[k][0]:+.2f}, {r[k][1]:+.2f}]" if k in r else "—" for k in ("kid_delta_ci", "psnr_delta_ci")]
             lines.append(f"| {r['label']} | {r['evaluations']} | {r['psnr']:.2f} | {r['ssim']:.4f} | {r['fid']:.2f} "
-                         f"| {r['kid_x1000']:.2f} | {r['seconds_per_image']:.3f} |")
-        pick = res["selected"]
-        lines += ["", f"Selected: {pick['label'] if pick else 'none qualifies'}", ""]
+                         f"| {r['kid_x1000']:.2f} | {ci[0]} | {ci[1]} | {r['seconds_per_image']:.3f} |")
+        pick, close = res["selected"], res.get("within_noise")
+        lines += ["", "Δ: row minus the reference, 95% paired bootstrap interval over the faces.", ""]
+        lines += [f"{r['label']} minus its fp32 row: ΔKID×10³ [{r['kid_vs_fp32_ci'][0]:+.2f}, "
+                  f"{r['kid_vs_fp32_ci'][1]:+.2f}], "
+                  f"ΔPSNR [{r['psnr_vs_fp32_ci'][0]:+.3f}, {r['psnr_vs_fp32_ci'][1]:+.3f}]"
+                  for r in res["rows"] if "kid_vs_fp32_ci" in r]
+        lines += ["",
+                  f"Selected (no worse in FID, KID, PSNR - {m.get('psnr_tolerance', 0.2)} dB): "
+                  f"{pick['label'] if pick else 'none qualifies'}",
+                  f"Not significantly worse (ΔKID interval reaches 0, ΔPSNR interval reaches -"
+                  f"{m.get('psnr_tolerance', 0.2)} dB): {close['label'] if close else 'none'}", ""]
     return "\n".join(lines + ["![solver](solver.png)", ""])
 
 
@@ -188,7 +225,13 @@ def main(argv=None) -> int:
         if args.ddim_eta0:
             rows.append(run(f"DDIM eta 0, grid {s.grid}", "ddim", n, None, 0.0))
         ref = run(f"DDIM eta 0.5, grid {s.grid}", "ddim", n, None)
-        results.append({"N": n, "reference": ref, "rows": rows, "selected": choose(ref, rows, args.psnr_tolerance)})
+        for row in rows:
+            score.compare(row, ref)
+            twin = [r for r in rows if row.get("dtype") == "bf16" and r["label"] == row["label"].replace(" bf16", "")]
+            if twin:  # bf16 against fp32 at the same K
+                score.compare(row, twin[0], key="vs_fp32")
+        results.append({"N": n, "reference": ref, "rows": rows, "selected": choose(ref, rows, args.psnr_tolerance),
+                        "within_noise": within_noise(rows, args.psnr_tolerance)})
         write(args, cfg, device, faces, argv, results)
     print(f"wrote {args.out / 'results.md'}", file=sys.stderr)
     return 0
@@ -199,7 +242,7 @@ def write(args, cfg, device, faces, argv, results: list[dict]) -> None:
     meta = {"model": cfg.name, "machine": f"{mach['cpu']} ({mach['cpu_count']} CPUs, {mach['torch_threads']} torch "
                                           f"threads), device {mach['device']}", "torch": torch.__version__,
             "images": len(faces.keys), "heldout": str(args.heldout), "image_size": cfg.image_size,
-            "degradation_from": args.degradation_from, "seed": args.seed,
+            "degradation_from": args.degradation_from, "seed": args.seed, "psnr_tolerance": args.psnr_tolerance,
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "command": " ".join(["scripts/solver_quality.py", *argv])}
     report = {"meta": meta, "results": results}
