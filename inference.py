@@ -313,40 +313,67 @@ def face_detector(args):
 
 
 def run_photos(method, cfg, jobs, device, bar, args) -> None:
-    """Whole photos: detect, align, restore, paste back; a photo without a face is only upscaled."""
+    """Whole photos: detect, align, restore, paste back; a photo without a face is only upscaled.
+
+    The faces of consecutive photos share a batch: photos are prepared (detected, aligned) until
+    `batch_size` faces or photos wait, then their faces are restored together and each photo is
+    finished and written. Every face has its own generator, so the files equal photo-by-photo runs.
+    """
     import numpy as np
+    import torch
 
     from datapipe.image_io import tensor_to_uint8
-    from datapipe.photos import PhotoTooLarge, restore_photo, side_by_side
+    from datapipe.photos import PhotoTooLarge, finish_photo, prepare_photo, side_by_side
     detector = face_detector(args)
     background = background_upsampler(args, device)
     template = np.asarray(cfg.face.template, dtype=np.float32)
+    options = dict(face_size=cfg.image_size, template=template, template_size=cfg.face.template_size,
+                   border_value=list(cfg.face.border_value), upscale=args.upscale, background_fn=background,
+                   draw_box=args.draw_box, max_pixels=int(args.max_pixels), allow_downscale=args.allow_downscale,
+                   only_center_face=args.only_center_face)
     out = Path(args.output)
-    for job in jobs:
-        img = read(job, args)
-        if img is not None:
-            start = time.perf_counter()
-            restore = lambda crops, keys: restore_crops(method, cfg, crops, keys, device)[0]  # noqa: E731
-            try:
-                photo = tensor_to_uint8(img)
-                result = restore_photo(photo, detector, restore, job.key, face_size=cfg.image_size,
-                                       template=template, template_size=cfg.face.template_size,
-                                       border_value=list(cfg.face.border_value), upscale=args.upscale,
-                                       background_fn=background, draw_box=args.draw_box,
-                                       max_pixels=int(args.max_pixels), allow_downscale=args.allow_downscale,
-                                       only_center_face=args.only_center_face)
-            except PhotoTooLarge as e:
-                fail(job, f"{job.source}: {e}")
-                bar.update(1)
-                continue
+    waiting = []  # (job, photo, seconds so far, PendingPhoto)
+
+    def flush() -> None:
+        start = time.perf_counter()
+        crops = [p.crops for *_, p in waiting if p.num_faces]
+        keys = [k for *_, p in waiting for k in p.keys]
+        samples = restore_crops(method, cfg, torch.cat(crops), keys, device)[0] if crops else []
+        share = (time.perf_counter() - start) / max(1, len(keys))
+        first = 0
+        for job, photo, seconds, pending in waiting:
+            count = pending.num_faces
+            began = time.perf_counter()
+            result = finish_photo(pending, [s[first:first + count] for s in samples])
+            first += count
             cmp = side_by_side(photo, result.images[0]) if job.cmp is not None else None
             if write_all(job, result.images, cmp=cmp):
                 if args.save_faces:
                     save_faces(out, job, result, cfg.num_samples)
+                seconds += share * count + time.perf_counter() - began
                 job.record.update(status="done" if result.faces or result.kept else "no face",
-                                  seconds=round(time.perf_counter() - start, 3), **result.manifest())
+                                  seconds=round(seconds, 3), **result.manifest())
                 log(f"{job.source}: {result.describe(cfg.image_size)}")
-        bar.update(1)
+            bar.update(1)
+        waiting.clear()
+
+    for job in jobs:
+        img = read(job, args)
+        if img is None:
+            bar.update(1)
+            continue
+        start = time.perf_counter()
+        try:
+            photo = tensor_to_uint8(img)
+            pending = prepare_photo(photo, detector, job.key, **options)
+        except PhotoTooLarge as e:
+            fail(job, f"{job.source}: {e}")
+            bar.update(1)
+            continue
+        waiting.append((job, photo, time.perf_counter() - start, pending))
+        if sum(p.num_faces for *_, p in waiting) >= cfg.batch_size or len(waiting) >= cfg.batch_size:
+            flush()
+    flush()
 
 
 def save_faces(out: Path, job, result, num_samples: int) -> None:

@@ -83,19 +83,47 @@ def lanczos_background(img: np.ndarray, upscale: int) -> np.ndarray:
     return upscale_lanczos(img, upscale)
 
 
-def restore_photo(img: np.ndarray, detector: FaceDetector, restore_fn: RestoreFn, key: str, *,
+@dataclass
+class PendingPhoto:
+    """A photo whose faces are detected and aligned but not restored yet (see `prepare_photo`)."""
+
+    result: PhotoResult
+    crops: torch.Tensor | None  # (N, 3, S, S) [0, 1], None without a face to restore
+    keys: list[str]  # one seed key per face
+    affines: list[np.ndarray]
+    upscale: int
+    draw_box: bool
+
+    @property
+    def num_faces(self) -> int:
+        return len(self.keys)
+
+
+def restore_photo(img: np.ndarray, detector: FaceDetector, restore_fn: RestoreFn, key: str, **options
+                  ) -> PhotoResult:
+    """Restore every face of a photo (HxWx3 uint8 RGB); a photo without a face is only upscaled.
+
+    `restore_fn(crops, keys)` gets the aligned crops (N, 3, S, S) in [0, 1] with one seed key
+    per face and returns one (N, 3, S, S) tensor per sample. `options`: those of `prepare_photo`.
+    To restore the faces of several photos in one batch, call `prepare_photo` for each, restore
+    their crops together and hand each photo its share with `finish_photo`.
+    """
+    pending = prepare_photo(img, detector, key, **options)
+    return finish_photo(pending, restore_fn(pending.crops, pending.keys) if pending.num_faces else [])
+
+
+def prepare_photo(img: np.ndarray, detector: FaceDetector, key: str, *,
                   face_size: int, template: np.ndarray, template_size: float,
                   border_value: Sequence[int], upscale: int = 2,
                   background_fn: BackgroundFn = lanczos_background, draw_box: bool = False,
                   max_pixels: int = 40_000_000, allow_downscale: bool = False,
-                  only_center_face: bool = False) -> PhotoResult:
-    """Restore every face of a photo (HxWx3 uint8 RGB); a photo without a face is only upscaled.
+                  only_center_face: bool = False) -> PendingPhoto:
+    """Detect and align the faces of a photo (HxWx3 uint8 RGB) and upscale its background.
 
-    `restore_fn(crops, keys)` gets the aligned crops (N, 3, S, S) in [0, 1] with one seed key
-    per face and returns one (N, 3, S, S) tensor per sample. A face whose crop covers more than
-    MAX_DOWNSCALE * S input pixels would lose detail at the model's size S: it is left as it is
-    in the upscaled background (`kept`) unless `allow_downscale`. FFHQ-template models get
-    crops by FFHQ's own 68-point rule where the detector gives 68 points.
+    A face whose crop covers more than MAX_DOWNSCALE * S input pixels would lose detail at the
+    model's size S: it is left as it is in the upscaled background (`kept`) unless
+    `allow_downscale`. FFHQ-template models get crops by FFHQ's own 68-point rule where the
+    detector gives 68 points. Raises PhotoTooLarge above `max_pixels`.
     """
     h, w = img.shape[:2]
     if h * w > max_pixels:
@@ -122,16 +150,24 @@ def restore_photo(img: np.ndarray, detector: FaceDetector, restore_fn: RestoreFn
             faces.append(face)
             aligned.append((crop, affine))
     result = PhotoResult(images=[background], faces=faces, skipped=skipped, kept=kept, sizes=sizes,
-                         enlarged_by=factor)
-    if not faces:
+                         enlarged_by=factor, crops=[c for c, _ in aligned])
+    crops = torch.stack([uint8_to_tensor(crop) for crop, _ in aligned]) if aligned else None
+    return PendingPhoto(result, crops, [f"{key}#face{k}" for k in range(len(faces))], [a for _, a in aligned],
+                        upscale, draw_box)
+
+
+def finish_photo(pending: PendingPhoto, samples: Sequence[torch.Tensor]) -> PhotoResult:
+    """Paste the restored faces (one (N, 3, S, S) tensor per sample, N = pending.num_faces) into
+    the upscaled background: one output image per sample. Without faces, the background alone."""
+    result = pending.result
+    if not pending.num_faces:
         return result
-    crops = torch.stack([uint8_to_tensor(crop) for crop, _ in aligned])
-    samples = restore_fn(crops, [f"{key}#face{k}" for k in range(len(faces))])
+    background = result.images[0]
     result.images = []
     for sample in samples:
         faces_out = [tensor_to_uint8(face) for face in sample]
         result.restored.append(faces_out)
-        pairs = [(face, affine) for face, (_, affine) in zip(faces_out, aligned)]
-        result.images.append(paste_faces(background, pairs, upscale, draw_box=draw_box, offset=PASTE_OFFSET))
-    result.crops = [c for c, _ in aligned]
+        pairs = list(zip(faces_out, pending.affines))
+        result.images.append(paste_faces(background, pairs, pending.upscale, draw_box=pending.draw_box,
+                                         offset=PASTE_OFFSET))
     return result

@@ -185,6 +185,14 @@ def test_whole_photos_faces_are_restored_and_pasted(tiny_cfg, tmp_path, shared_d
     assert (out / "cropped_faces" / "02_00.png").is_file() and (out / "restored_faces" / "02_03.png").is_file()
     grey_out = read_image(out / "restored_image" / "grey.png")
     assert torch.equal(grey_out[0], grey_out[1]) and torch.equal(grey_out[1], grey_out[2]), "grey input, tinted output"
+    # faces of several photos in one batch (4 + 1 + 1 faces, photos without a face between): same files
+    batched = tmp_path / "batched"
+    assert _run("-i", src, "-o", batched, "--cfg", tiny_cfg, "--save-faces", "--draw-box", "--allow-downscale",
+                "--batch-size", 3) == 0
+    files = sorted(p.relative_to(out) for p in out.rglob("*.png"))
+    assert len(files) > 10 and files == sorted(p.relative_to(batched) for p in batched.rglob("*.png"))
+    for path in files:
+        assert (out / path).read_bytes() == (batched / path).read_bytes(), path
 
 
 def test_whole_photo_limits_and_missing_detector(tiny_cfg, tmp_path, capsys):
