@@ -177,6 +177,10 @@ def test_half_precision_on_cpu_falls_back_and_says_so(tiny_cfg, tmp_path, capsys
     assert pipeline.pick_dtype("bf16", torch.device("cpu"))[0] == "fp32"
     monkeypatch.setattr(pipeline, "_cpu_has_bf16", lambda: True)
     assert pipeline.pick_dtype("bf16", torch.device("cpu")) == ("bf16", None)
+    # GPUs before Ampere (V100: 7.0, T4: 7.5) only emulate bf16; torch.cuda.is_bf16_supported() says yes
+    for capability, expected in (((7, 0), "fp32"), ((7, 5), "fp32"), ((8, 0), "bf16"), ((9, 0), "bf16")):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, c=capability: c)
+        assert pipeline.pick_dtype("bf16", torch.device("cuda", 0))[0] == expected, capability
 
 
 def test_cpu_bf16_flag_is_read_from_cpuinfo(tmp_path, monkeypatch):
