@@ -52,5 +52,6 @@ def preset_table() -> str:
         s = cfg.get("sampling") or {}
         lines.append(f"  {path.stem:<22} {cfg.get('task', 'restoration')}, {cfg.get('image_size', '?')} px, "
                      f"N={s.get('start_step', '?')}, grid {s.get('grid', '?')}, steps {s.get('steps') or 'grid'}, "
-                     f"eta {s.get('eta', '?')}, sampler {s.get('sampler', '?')}")
+                     f"eta {s.get('eta', '?')}, sampler {s.get('sampler', '?')}"
+                     + (f", {cfg['dtype']}" if cfg.get("dtype", "fp32") != "fp32" else ""))
     return "\n".join(lines + ["demo is a 64 px demonstration of the pipeline that runs offline, not a restorer."])

@@ -34,13 +34,14 @@ import types
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models import build_network  # noqa: E402
 from models.difface import DTYPES, DifFace  # noqa: E402
 from models.diffusion import DiffusionSchedule  # noqa: E402
-from models.pipeline import ConfigError, load_config, pick_device  # noqa: E402
+from models.pipeline import ConfigError, load_config, pick_device, pick_dtype  # noqa: E402
 from models.runtime import configure_backends, prepare_network  # noqa: E402
 
 MODES = ("fp32", "bf16", "fp16", "compile")
@@ -208,18 +209,20 @@ def time_mode(cfg, mode: str, batch: int, device: torch.device, repeats: int) ->
     return {**best, "peak_gib": peak.gib, "warmup": warm}
 
 
-def end_to_end(cfg, steps_cfg, device: torch.device) -> tuple[float, int]:
-    """Seconds of one real restoration (batch 1, fp32, after a warm-up) with `steps_cfg`'s sampling, and its
-    evaluations."""
+def end_to_end(cfg, steps_cfg, device: torch.device) -> tuple[float, int, str]:
+    """Seconds of one real restoration (batch 1, after a warm-up) with `steps_cfg`'s sampling and
+    precision (as inference.py picks it for `device`), its evaluations and the precision."""
     estimator, prior = networks(cfg, device)
     s = steps_cfg.sampling
+    dtype, _ = pick_dtype(steps_cfg.dtype, device)
     method = DifFace(prepare_network(estimator, device), prepare_network(prior, device),
                      DiffusionSchedule.from_name(cfg.diffusion.schedule, cfg.diffusion.steps), cfg.image_size,
-                     s.start_step, s.grid, s.steps, s.official_start, s.eta, s.sampler)
+                     s.start_step, s.grid, s.steps, s.official_start, s.eta, s.sampler, dtype=dtype)
     y = torch.rand(1, 3, cfg.image_size, cfg.image_size, device=device)
     warm = DifFace(method.estimator, method.prior, method.schedule, cfg.image_size, s.start_step, steps=1)
     warm.restore(y, generator=torch.Generator().manual_seed(0))  # first-call set-up is not timed
-    return timed(lambda: method.restore(y, generator=torch.Generator().manual_seed(0)), device), len(method.timesteps)
+    seconds = timed(lambda: method.restore(y, generator=torch.Generator().manual_seed(0)), device)
+    return seconds, len(method.timesteps), dtype
 
 
 # --------------------------------------------------------------------------------------------
@@ -298,10 +301,11 @@ def main(argv=None) -> int:
                 print(f"| {label} | {evals} | {mode} | {batch} | {per_face:.2f} | {r['estimator']:.3f} | "
                       f"{r['prior']:.3f} | {r['peak_gib']:.2f} | {r['warmup']:.1f} |", flush=True)
     if args.end_to_end:
-        print("\n| end to end (fp32, batch 1) | evals | s / face |\n|---|---|---|")
+        print("\n| end to end (batch 1) | evals | precision | s / face |\n|---|---|---|---|")
         for c in (fast_cfg,) if device.type == "cpu" else (cfg, fast_cfg):  # 100 evaluations: minutes on a CPU
-            seconds, evals = end_to_end(cfg, c, device)
-            print(f"| {c.name} | {evals} | {seconds:.2f} |", flush=True)
+            for precision in dict.fromkeys([c.dtype, "fp32"]):  # the preset's, and fp32 for comparison
+                seconds, evals, used = end_to_end(cfg, OmegaConf.merge(c, {"dtype": precision}), device)
+                print(f"| {c.name} | {evals} | {used} | {seconds:.2f} |", flush=True)
     return 0
 
 

@@ -157,6 +157,19 @@ def test_benchmark_prints_the_side_by_side_table(tiny_cfg, capsys):
         benchmark.parse_args(["--modes", "fp64"])
 
 
+def test_benchmark_end_to_end_runs_the_preset_precision_and_fp32(tiny_cfg, tmp_path, capsys, monkeypatch):
+    import yaml
+
+    import models.pipeline as pipeline
+    monkeypatch.setattr(pipeline, "_cpu_has_bf16", lambda: True)
+    fast = tmp_path / "fast.yaml"
+    fast.write_text(yaml.safe_dump({**yaml.safe_load(tiny_cfg.read_text()), "dtype": "bf16"}))
+    assert benchmark.main(["--cfg", str(tiny_cfg), "--fast-cfg", str(fast), "--modes", "fp32", "--batch-sizes", "1",
+                           "--repeats", "1", "--device", "cpu", "--threads", "1", "--end-to-end"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| tiny")]
+    assert [row.split("|")[3].strip() for row in rows] == ["bf16", "fp32"], rows
+
+
 def test_swinir_attention_bias_cache_follows_new_weights():
     _, swinir = _nets(0)
     _, other = _nets(1)
