@@ -140,7 +140,7 @@ def plot(results: list[dict], out: Path) -> None:
             for name, style in zip(series, ("o-", "^-", "v-", "D-", "s--", "x-")):
                 rows = [r for r in res["rows"] if r["label"].rsplit(" K = ", 1)[0] == name]
                 ax.plot([r["evaluations"] for r in rows], [r[key] for r in rows], style,
-                        label=f"{name} (K evaluations)")
+                        label=f"{name}" + (" (K evaluations)" if " K = " in rows[0]["label"] else ""))
             ax.axhline(ref[key], color="grey", ls=":", label=f"DDIM reference ({ref['evaluations']} evals)")
             ax.set(xlabel="network evaluations per face", title=f"{title}, N = {res['N']}")
             ax.grid(alpha=0.3)
@@ -219,7 +219,7 @@ def main(argv=None) -> int:
     for n in n_values:  # results.json after each N, so that a late failure keeps the earlier numbers
         plan = [("dpmpp_2m", "dpmpp_2m", 0.0, args.ks),
                 *((f"dpmpp_2m_sde eta {eta:g}", "dpmpp_2m_sde", eta, args.ks) for eta in args.sde_etas),
-                ("ddim", "ddim", 0.5, args.ddim_ks)]
+                ("DDIM eta 0.5", "ddim", 0.5, args.ddim_ks)]
         rows = [run(f"{name} K = {k}", sampler, n, k, eta) for name, sampler, eta, ks in plan for k in ks if k <= n]
         rows += [run(f"dpmpp_2m bf16 K = {k}", "dpmpp_2m", n, k, 0.0, "bf16") for k in args.bf16_ks if k <= n]
         if args.ddim_eta0:
