@@ -266,7 +266,8 @@ class SwinTransformerBlock(nn.Module):
         ws, s = self.window_size, self.shift_size
         mask = self.mask_for(grid, x.device)
         if not torch.is_grad_enabled():  # inference: roll + partition and back as one gather each
-            order, inverse = window_order(h, w, ws, s, x.device)
+            orders = window_order.__wrapped__ if torch.compiler.is_compiling() else window_order  # traced: no cache
+            order, inverse = orders(h, w, ws, s, x.device)
             windows = self.norm1(x).index_select(1, order).view(-1, ws * ws, c)
             y = self.attn(windows, mask).view(b, n, c).index_select(1, inverse)
         else:  # training: rolls and views (their backward is deterministic on every device)
