@@ -22,11 +22,11 @@ import warnings
 from pathlib import Path
 
 from cli_help import HelpFormatter, at_least, positive, preset_table
+from datapipe.limits import MAX_DOWNSCALE
 
 DEFAULT_CFG = "difface_ffhq512"  # the paper's model; the bundled demonstration: --cfg demo
 INPAINT_CFG = "inpaint_ffhq256"
 MIN_FACE_SIDE = 32  # smaller aligned inputs cannot hold a face worth restoring
-MAX_DOWNSCALE = 1.5  # inputs larger than this times the model size lose detail (see datapipe.photos)
 
 
 # --------------------------------------------------------------------------------------------

@@ -16,10 +16,10 @@ import torch
 from .faces import (Face, FaceDetector, align_face, align_face_ffhq, enlarge_to_min_side, is_ffhq_template,
                     paste_faces, upscale_lanczos)
 from .image_io import tensor_to_uint8, uint8_to_tensor
+from .limits import MAX_DOWNSCALE
 
 MIN_SIDE = 512  # photos with a shorter side are first enlarged to it (official behaviour)
 PASTE_OFFSET = 0.5  # exact pixel-centre correspondence for a background resized by `upscale`
-MAX_DOWNSCALE = 1.5  # a face whose crop is larger than this times the model size is left as it was
 
 RestoreFn = Callable[[torch.Tensor, Sequence[str]], list[torch.Tensor]]
 BackgroundFn = Callable[[np.ndarray, int], np.ndarray]
