@@ -442,11 +442,16 @@ def paste_faces(canvas: np.ndarray, faces: Sequence[tuple[np.ndarray, np.ndarray
 def _warped_roi(inv: np.ndarray, crop_hw: tuple[int, int], canvas_hw: tuple[int, int]):
     """Canvas box (x0,y0,x1,y1) holding the warped crop plus a zero margin, or None if outside.
 
-    The margin keeps every erosion/blur of ``_blend_one`` equal to the whole-canvas result.
+    The margin keeps every erosion/blur of ``_blend_one`` equal to the whole-canvas result: the
+    bilinear edge of the warped crop reaches one crop pixel (``magnification`` canvas pixels)
+    beyond the corner pixels' centres, and past it a few pixels must stay zero (OpenCV's
+    erosion counts pixels outside the box as 1). With a fixed margin, a small model's crop
+    pasted large (5x for the demo on a 512 px crop) kept an unblended hard edge.
     """
     h, w = crop_hw
     corners = transform_points(np.array([[0, 0], [w - 1, 0], [0, h - 1], [w - 1, h - 1]]), inv)
-    margin = 4
+    magnification = float(np.sqrt(abs(np.linalg.det(inv[:, :2]))))
+    margin = 4 + math.ceil(magnification)
     x0 = max(0, math.floor(corners[:, 0].min()) - margin)
     y0 = max(0, math.floor(corners[:, 1].min()) - margin)
     x1 = min(canvas_hw[1], math.ceil(corners[:, 0].max()) + margin + 1)

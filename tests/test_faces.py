@@ -190,6 +190,18 @@ def test_paste_region_of_interest_equals_whole_canvas():
     assert np.abs(ours.astype(int) - ref).max() <= 1
 
 
+def test_paste_of_a_magnified_small_crop_fades_out_without_an_edge():
+    """A 64 px crop pasted about 5x larger (a small model's output on a large aligned crop): the
+    blend must fall smoothly to the canvas on every side (a fixed 4 px region margin left a
+    hard step of about 12% at the right and bottom edges)."""
+    canvas = np.full((512, 512, 3), 255, np.uint8)
+    affine = np.array([[0.1944, -0.0008, -18.22], [0.0008, 0.1944, -28.03]])  # the demo's reframing
+    out = paste_faces(canvas, [(np.zeros((64, 64, 3), np.uint8), affine)], 1, offset=0.0)[..., 0].astype(int)
+    assert out[250, 250] == 0 and out[250, 500] == 255 and out[500, 250] == 255
+    steps = max(np.abs(np.diff(out, axis=0)).max(), np.abs(np.diff(out, axis=1)).max())
+    assert steps <= 0.1 * 255, steps
+
+
 def test_draw_box_and_empty_paste():
     canvas = np.full((200, 200, 3), 128, np.uint8)
     affine = estimate_similarity(FFHQ_TEMPLATE_512 / 8 + 10, FFHQ_TEMPLATE_512, "lstsq")
