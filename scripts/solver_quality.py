@@ -32,6 +32,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve
 
 import reproduce_small as rs  # noqa: E402
 
+from metrics.fid import FidStats, frechet_distance  # noqa: E402
 from metrics.kid import kernel_inception_distance, polynomial_mmd2  # noqa: E402
 from models.difface import DifFace  # noqa: E402
 from models.pipeline import ConfigError, load_config, pick_device  # noqa: E402
@@ -65,6 +66,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="also the reference's deterministic limit: DDIM eta 0 on the same grid")
     p.add_argument("--bf16-ks", type=rs.int_list, default=[], metavar="K,K",
                    help="dpmpp_2m rows run in bfloat16 autocast, for comparison with fp32 (default: none)")
+    p.add_argument("--fid-intervals", action="store_true",
+                   help="also bootstrap the FID difference (slower: about 0.3 s per draw and row)")
     p.add_argument("--psnr-tolerance", type=float, default=0.2, help="dB below the reference (default: 0.2)")
     p.add_argument("--max-images", type=int, default=100, help="held-out faces used (default: %(default)s)")
     p.add_argument("--degradation-from", default="configs/train/demo_estimator.yaml", metavar="YAML")
@@ -94,20 +97,26 @@ class Scores:
         print(f"  {label}: KIDx1000 {row['kid_x1000']:.2f}", file=sys.stderr)
         return row
 
-    def compare(self, row: dict, reference: dict, key: str = "delta", reps: int = 200, seed: int = 0) -> None:
-        """95% intervals of (row - reference) in KID x 1000 and PSNR under a paired bootstrap over
-        the faces (both rows restore the same faces; each draw resamples the faces once, for the
-        two rows and the HQ set alike). Adds 'kid_<key>_ci' and 'psnr_<key>_ci' to `row`."""
+    def compare(self, row: dict, reference: dict, key: str = "delta", reps: int = 200, seed: int = 0,
+                fid: bool = False) -> None:
+        """95% intervals of (row - reference) in KID x 1000 and PSNR (and FID with `fid`) under a
+        paired bootstrap over the faces (both rows restore the same faces; each draw resamples the
+        faces once, for the two rows and the HQ set alike). Adds '<metric>_<key>_ci' to `row`."""
         (psnr_a, feat_a), (psnr_b, feat_b) = self.kept[row["label"]], self.kept[reference["label"]]
         hq = self.base.reference.features
         rng = np.random.default_rng(seed)
-        kid, psnr = [], []
+        deltas = {"kid": [], "psnr": [], "fid": []}
         for _ in range(reps):
             i = rng.integers(0, len(hq), len(hq))
-            kid.append(1000 * (polynomial_mmd2(feat_a[i], hq[i]) - polynomial_mmd2(feat_b[i], hq[i])))
-            psnr.append(psnr_a[i].mean() - psnr_b[i].mean())
-        row[f"kid_{key}_ci"] = [float(v) for v in np.percentile(kid, [2.5, 97.5])]
-        row[f"psnr_{key}_ci"] = [float(v) for v in np.percentile(psnr, [2.5, 97.5])]
+            deltas["kid"].append(1000 * (polynomial_mmd2(feat_a[i], hq[i]) - polynomial_mmd2(feat_b[i], hq[i])))
+            deltas["psnr"].append(psnr_a[i].mean() - psnr_b[i].mean())
+            if fid:
+                target = FidStats.from_features(hq[i])
+                deltas["fid"].append(frechet_distance(FidStats.from_features(feat_a[i]), target, method="fast")
+                                     - frechet_distance(FidStats.from_features(feat_b[i]), target, method="fast"))
+        for metric, values in deltas.items():
+            if values:
+                row[f"{metric}_{key}_ci"] = [float(v) for v in np.percentile(values, [2.5, 97.5])]
 
 
 def choose(reference: dict, rows: list[dict], tolerance: float) -> dict | None:
@@ -121,9 +130,10 @@ def choose(reference: dict, rows: list[dict], tolerance: float) -> dict | None:
 
 def within_noise(rows: list[dict], tolerance: float) -> dict | None:
     """The fewest-evaluation fp32 solver row not significantly worse than the reference: its ΔKID
-    interval reaches 0 and its ΔPSNR interval reaches -tolerance."""
+    interval (and ΔFID interval, where bootstrapped) reaches 0 and its ΔPSNR interval reaches -tolerance."""
     ok = [r for r in rows if r["sampler"] in SOLVERS and r.get("dtype", "fp32") == "fp32" and "kid_delta_ci" in r
-          and r["kid_delta_ci"][0] <= 0 and r["psnr_delta_ci"][1] >= -tolerance]
+          and r["kid_delta_ci"][0] <= 0 and r.get("fid_delta_ci", [0.0])[0] <= 0
+          and r["psnr_delta_ci"][1] >= -tolerance]
     return min(ok, key=lambda r: (r["evaluations"], SOLVERS.index(r["sampler"]))) if ok else None
 
 
@@ -160,12 +170,13 @@ def markdown(report: dict) -> str:
              "upward, compare within a table only)", f"- command: `{m['command']}`", ""]
     for res in report["results"]:
         lines += [f"## N = {res['N']}", "",
-                  "| sampler | evaluations | PSNR ↑ | SSIM ↑ | FID ↓ | KID×10³ ↓ | ΔKID×10³ (95%) | ΔPSNR (95%) "
-                  "| s / face |", "|---|---|---|---|---|---|---|---|---|"]
+                  "| sampler | evaluations | PSNR ↑ | SSIM ↑ | FID ↓ | KID×10³ ↓ | ΔFID (95%) | ΔKID×10³ (95%) "
+                  "| ΔPSNR (95%) | s / face |", "|---|---|---|---|---|---|---|---|---|---|"]
         for r in [res["reference"], *res["rows"]]:
-            ci = [f"[{r[k][0]:+.2f}, {r[k][1]:+.2f}]" if k in r else "—" for k in ("kid_delta_ci", "psnr_delta_ci")]
+            ci = [f"[{r[k][0]:+.2f}, {r[k][1]:+.2f}]" if k in r else "—"
+                  for k in ("fid_delta_ci", "kid_delta_ci", "psnr_delta_ci")]
             lines.append(f"| {r['label']} | {r['evaluations']} | {r['psnr']:.2f} | {r['ssim']:.4f} | {r['fid']:.2f} "
-                         f"| {r['kid_x1000']:.2f} | {ci[0]} | {ci[1]} | {r['seconds_per_image']:.3f} |")
+                         f"| {r['kid_x1000']:.2f} | {ci[0]} | {ci[1]} | {ci[2]} | {r['seconds_per_image']:.3f} |")
         pick, close = res["selected"], res.get("within_noise")
         lines += ["", "Δ: row minus the reference, 95% paired bootstrap interval over the faces.", ""]
         lines += [f"{r['label']} minus its fp32 row: ΔKID×10³ [{r['kid_vs_fp32_ci'][0]:+.2f}, "
@@ -175,7 +186,7 @@ def markdown(report: dict) -> str:
         lines += ["",
                   f"Selected (no worse in FID, KID, PSNR - {m.get('psnr_tolerance', 0.2)} dB): "
                   f"{pick['label'] if pick else 'none qualifies'}",
-                  f"Not significantly worse (ΔKID interval reaches 0, ΔPSNR interval reaches -"
+                  f"Not significantly worse (ΔKID and ΔFID intervals reach 0, ΔPSNR interval reaches -"
                   f"{m.get('psnr_tolerance', 0.2)} dB): {close['label'] if close else 'none'}", ""]
     return "\n".join(lines + ["![solver](solver.png)", ""])
 
@@ -226,7 +237,7 @@ def main(argv=None) -> int:
             rows.append(run(f"DDIM eta 0, grid {s.grid}", "ddim", n, None, 0.0))
         ref = run(f"DDIM eta 0.5, grid {s.grid}", "ddim", n, None)
         for row in rows:
-            score.compare(row, ref)
+            score.compare(row, ref, fid=args.fid_intervals)
             twin = [r for r in rows if row.get("dtype") == "bf16" and r["label"] == row["label"].replace(" bf16", "")]
             if twin:  # bf16 against fp32 at the same K
                 score.compare(row, twin[0], key="vs_fp32")

@@ -39,9 +39,12 @@ def test_within_noise_reads_the_bootstrap_intervals():
     sq = _script()
     rows = [_row("K = 8", 8, 0, 0, 0, kid_delta_ci=[0.5, 9.0], psnr_delta_ci=[-0.1, 0.1]),  # KID surely worse
             _row("K = 10", 10, 0, 0, 0, kid_delta_ci=[-1.0, 6.0], psnr_delta_ci=[-0.5, -0.3]),  # PSNR surely lower
-            _row("K = 12", 12, 0, 0, 0, kid_delta_ci=[-1.0, 6.0], psnr_delta_ci=[-0.3, -0.1])]
-    assert sq.within_noise(rows, 0.2)["label"] == "K = 12"
-    assert sq.within_noise(rows[:2], 0.2) is None
+            _row("K = 12", 12, 0, 0, 0, kid_delta_ci=[-1.0, 6.0], psnr_delta_ci=[-0.3, -0.1],
+                 fid_delta_ci=[0.4, 5.0]),  # FID surely worse (where bootstrapped)
+            _row("K = 15", 15, 0, 0, 0, kid_delta_ci=[-1.0, 6.0], psnr_delta_ci=[-0.3, -0.1],
+                 fid_delta_ci=[-0.4, 5.0])]
+    assert sq.within_noise(rows, 0.2)["label"] == "K = 15"
+    assert sq.within_noise(rows[:3], 0.2) is None
 
 
 def test_paired_bootstrap_interval_is_zero_for_a_copy_and_positive_for_a_shifted_set():
@@ -56,7 +59,8 @@ def test_paired_bootstrap_interval_is_zero_for_a_copy_and_positive_for_a_shifted
                    "far": (psnr - 1.0, close + 1.0)}
     ref = {"label": "ref"}
     same, far = {"label": "same"}, {"label": "far"}
-    scores.compare(same, ref)
-    scores.compare(far, ref)
+    scores.compare(same, ref, reps=50, fid=True)
+    scores.compare(far, ref, reps=50, fid=True)
     assert same["kid_delta_ci"] == [0.0, 0.0] and same["psnr_delta_ci"] == [0.0, 0.0]
-    assert far["kid_delta_ci"][0] > 0 and np.allclose(far["psnr_delta_ci"], [-1.0, -1.0])
+    assert same["fid_delta_ci"] == [0.0, 0.0]
+    assert far["kid_delta_ci"][0] > 0 and far["fid_delta_ci"][0] > 0 and np.allclose(far["psnr_delta_ci"], [-1, -1])
