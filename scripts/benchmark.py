@@ -261,7 +261,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--official", default=None, metavar="PATH", help="a checkout of the official DifFace code")
     p.add_argument("--forward-only", action="store_true", help="only the forward comparison with other checkouts")
     p.add_argument("--end-to-end", action="store_true",
-                   help="also time one real fp32 restoration (the fast preset; on CUDA also --cfg's)")
+                   help="also time one real restoration (the fast preset; on CUDA also --cfg's) in the preset's "
+                        "precision and in each of --modes")
     return p.parse_args(argv)
 
 
@@ -303,7 +304,7 @@ def main(argv=None) -> int:
     if args.end_to_end:
         print("\n| end to end (batch 1) | evals | precision | s / face |\n|---|---|---|---|")
         for c in (fast_cfg,) if device.type == "cpu" else (cfg, fast_cfg):  # 100 evaluations: minutes on a CPU
-            for precision in dict.fromkeys([c.dtype, "fp32"]):  # the preset's, and fp32 for comparison
+            for precision in dict.fromkeys([c.dtype, *(m for m in args.modes if m != "compile")]):  # preset's first
                 seconds, evals, used = end_to_end(cfg, OmegaConf.merge(c, {"dtype": precision}), device)
                 print(f"| {c.name} | {evals} | {used} | {seconds:.2f} |", flush=True)
     return 0
