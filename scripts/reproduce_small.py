@@ -549,11 +549,17 @@ def finite(obj):
 # Command line
 # --------------------------------------------------------------------------------------------
 
-def int_list(text: str) -> list[int]:
+def number_list(text: str, kind: type = int) -> list:
+    """'1,2,3' -> [1, 2, 3] as `kind` (an empty string gives []); argparse error otherwise."""
     try:
-        return [int(v) for v in text.split(",") if v.strip()]
+        return [kind(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+        what = "integers" if kind is int else "numbers"
+        raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}") from None
+
+
+def int_list(text: str) -> list[int]:
+    return number_list(text, int)
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -41,10 +41,7 @@ SOLVERS = ("dpmpp_2m", "dpmpp_2m_sde")
 
 
 def float_list(text: str) -> list[float]:
-    try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    return rs.number_list(text, float)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
