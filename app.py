@@ -244,7 +244,8 @@ def build_app(restorer: Restorer) -> gr.Blocks:
                 steps = gr.Slider(0, MAX_STEPS, value=cfg.sampling.steps or 0, step=1,
                                   label="steps (0 = the config's grid)", elem_id="steps")
                 sampler = gr.Dropdown(sorted(SAMPLERS), value=cfg.sampling.sampler, label="sampler")
-                num_samples = gr.Slider(1, MAX_SAMPLES, value=1, step=1, label="samples (different noise)", elem_id="num-samples")
+                num_samples = gr.Slider(1, MAX_SAMPLES, value=1, step=1, label="samples (different noise)",
+                                        elem_id="num-samples")
                 seed = gr.Number(value=cfg.seed, precision=0, label="seed")
                 upscale = gr.Slider(1, MAX_UPSCALE, value=CLI_DEFAULTS.upscale, step=1, label="upscale (whole photos)")
                 show_estimate = gr.Checkbox(label="also show the estimator output f(y)", value=False,

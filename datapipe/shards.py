@@ -194,7 +194,8 @@ def run_sharded(run_fn: Callable[[list[Job]], dict], jobs: list[Job], out: Path,
             print(f"error: rank {rank.rank}: {e}", file=sys.stderr)
             for job in mine:
                 if job.record.get("status") in (None, ""):
-                    job.record.update(**job.paths(out), status="failed", error=f"{job.source}: rank {rank.rank} failed: {e}")
+                    job.record.update(**job.paths(out), status="failed",
+                                      error=f"{job.source}: rank {rank.rank} failed: {e}")
         report(parts, rank.rank, mine)
     failed = sum(j.record.get("status") == "failed" for j in mine)
     print(f"rank {rank.rank}: {len(mine)} input(s), {failed} failed; reported", file=sys.stderr)

@@ -122,7 +122,8 @@ def serve_weights(monkeypatch):
 
     @contextlib.contextmanager
     def serve(folder: Path):
-        httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(folder)))
+        handler = functools.partial(QuietHandler, directory=str(folder))
+        httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         threading.Thread(target=httpd.serve_forever, daemon=True).start()
         try:
             monkeypatch.setenv("DIFFACE_WEIGHTS_URL_BASE", f"http://127.0.0.1:{httpd.server_address[1]}")

@@ -227,8 +227,9 @@ def test_a_crafted_request_cannot_restore_a_server_file(tiny_app):
     assert len(done) == 1 and done[0]["success"] is False, events
     assert "file=" not in json.dumps(events) and server_image.name not in json.dumps(events)
     boundary = "difface-test-boundary"
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"face.png\"\r\n"
-            f"Content-Type: image/png\r\n\r\n").encode() + server_image.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"face.png\"\r\n"
+            f"Content-Type: image/png\r\n\r\n")
+    body = head.encode() + server_image.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
     upload = urllib.request.Request(f"{url}gradio_api/upload", data=body,
                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
     with urllib.request.urlopen(upload, timeout=10) as r:
@@ -254,8 +255,8 @@ class Bar:
 
 def _restore(restorer, path, aligned=True, start_step=400, steps=0, samples=1, upscale=2, estimate=False, bar=None,
              allow_downscale=False):
-    return restorer.restore(str(path) if path else None, aligned, start_step, steps, "ddim", samples, 12345, upscale, estimate,
-                            bar or Bar(), allow_downscale)
+    return restorer.restore(str(path) if path else None, aligned, start_step, steps, "ddim", samples, 12345, upscale,
+                            estimate, bar or Bar(), allow_downscale)
 
 
 def test_handler_writes_the_bytes_the_command_line_writes(tiny_restorer, tiny_cfg, tmp_path):
