@@ -6,15 +6,19 @@
 For each start step N of --n-values (default: 400 and the config's own N) the held-out faces
 (degraded once, exactly as in scripts/reproduce_small.py) are restored by
   * the reference: DDIM, eta 0.5, on the config's grid below N (100 evaluations at N = 400),
-  * dpmpp_2m and dpmpp_2m_sde (for each eta of --sde-etas) with K evaluations for each K of --ks
-    (first evaluation at N), and DDIM (eta 0.5, the config's official start) with K of --ddim-ks,
+  * each deterministic solver of --solvers (dpmpp_2m, unipc) and dpmpp_2m_sde (for each eta of
+    --sde-etas) with K evaluations for each K of --ks (first evaluation at N), and DDIM (eta 0.5,
+    the config's official start) with K of --ddim-ks,
   * optionally dpmpp_2m in bfloat16 (--bf16-ks) and the reference's deterministic limit (--ddim-eta0),
 and scored by PSNR / SSIM against the HQ faces and FID / KID against the HQ set. The
 selected K (of either solver) is the smallest one whose FID and KID are no worse than the reference and whose
 PSNR is within --psnr-tolerance dB of it. As FID and KID of a few hundred faces are noisy, each row
 also gets 95% intervals of its difference to the reference (KID, PSNR) from a paired bootstrap over
 the faces, and the smallest K not significantly worse is reported too.
-Writes results.json, results.md and solver.png.
+Writes results.json, results.md and solver.png, and each row's restored faces to rows/<row>.npz;
+with --reuse-rows a row whose saved settings match is read back instead of restored again (the
+reference takes most of the time). Rows are deterministic given their settings and the code:
+delete rows/ after changing a sampler or a network.
 Every row uses the same generator per (seed, face), so rows differ only by the sampler.
 """
 from __future__ import annotations
@@ -36,8 +40,9 @@ from metrics.fid import FidStats, frechet_distance  # noqa: E402
 from metrics.kid import kernel_inception_distance, polynomial_mmd2  # noqa: E402
 from models.difface import DifFace  # noqa: E402
 from models.pipeline import ConfigError, load_config, pick_device  # noqa: E402
+from models.samplers import TAKES_ETA  # noqa: E402
 
-SOLVERS = ("dpmpp_2m", "dpmpp_2m_sde")
+SOLVERS = ("dpmpp_2m", "unipc", "unipc3", "dpmpp_2m_sde")  # few-step solvers, in order of preference
 
 
 def float_list(text: str) -> list[float]:
@@ -55,6 +60,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="start steps (default: 400 and the config's start step)")
     p.add_argument("--ks", type=rs.int_list, default=[5, 8, 10, 15, 20], metavar="K,K,...",
                    help="evaluations per face of the few-step rows (default: 5,8,10,15,20)")
+    p.add_argument("--solvers", type=name_list, default=["dpmpp_2m", "unipc"], metavar="NAME,NAME",
+                   help=f"deterministic few-step solvers with a row for each K (of {', '.join(SOLVERS[:-1])}; "
+                        "default: dpmpp_2m,unipc)")
     p.add_argument("--sde-etas", type=float_list, default=[0.5, 1.0], metavar="ETA,ETA",
                    help="noise scales of the dpmpp_2m_sde rows, 1 = the full SDE (default: 0.5,1.0)")
     p.add_argument("--ddim-ks", type=rs.int_list, default=[10], metavar="K,K",
@@ -73,7 +81,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--fid-backbone", default="fid_helper", choices=["auto", "pytorch_fid", "fid_helper"])
+    p.add_argument("--reuse-rows", action="store_true",
+                   help="read back rows saved in OUT/rows by an earlier run with the same settings")
     return p.parse_args(argv)
+
+
+def name_list(text: str) -> list[str]:
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [n for n in names if n not in SOLVERS[:-1]]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown solver {unknown[0]!r}; choose from {', '.join(SOLVERS[:-1])}")
+    return names
 
 
 class Scores:
@@ -217,15 +235,23 @@ def main(argv=None) -> int:
     def run(label: str, sampler: str, n: int, steps: int | None, eta: float = 0.5, dtype: str = "fp32") -> dict:
         method = DifFace(base.estimator, base.prior, base.schedule, cfg.image_size, start_step=n, grid=s.grid,
                          steps=steps, official_start=s.official_start, eta=eta, sampler=sampler, dtype=dtype)
-        out, _, sec = runner.restore(method, lq, faces.keys, label)
-        return score(label, out, sampler=sampler, eta=eta if sampler != "dpmpp_2m" else 0.0, dtype=dtype, N=n,
+        eta = eta if sampler in TAKES_ETA else 0.0
+        settings = {"cfg": cfg.name, "heldout": str(args.heldout), "keys": faces.keys, "seed": args.seed,
+                    "degradation_from": args.degradation_from, "sampler": sampler, "eta": eta, "dtype": dtype,
+                    "timesteps": method.timesteps}
+        saved = args.out / "rows" / f"N{n} {label}.npz"
+        out, sec = load_row(saved, settings) if args.reuse_rows else (None, None)
+        if out is None:
+            out, _, sec = runner.restore(method, lq, faces.keys, label)
+            save_row(saved, settings, out, sec)
+        return score(label, out, sampler=sampler, eta=eta, dtype=dtype, N=n,
                      evaluations=len(method.timesteps), seconds_per_image=sec)
 
     runner.restore(DifFace(base.estimator, base.prior, base.schedule, cfg.image_size, 400, steps=1),
                    lq[:1], faces.keys[:1], "warm-up")
     results = []
     for n in n_values:  # results.json after each N, so that a late failure keeps the earlier numbers
-        plan = [("dpmpp_2m", "dpmpp_2m", 0.0, args.ks),
+        plan = [*((name, name, 0.0, args.ks) for name in args.solvers),
                 *((f"dpmpp_2m_sde eta {eta:g}", "dpmpp_2m_sde", eta, args.ks) for eta in args.sde_etas),
                 ("DDIM eta 0.5", "ddim", 0.5, args.ddim_ks)]
         rows = [run(f"{name} K = {k}", sampler, n, k, eta) for name, sampler, eta, ks in plan for k in ks if k <= n]
@@ -243,6 +269,26 @@ def main(argv=None) -> int:
         write(args, cfg, device, faces, argv, results)
     print(f"wrote {args.out / 'results.md'}", file=sys.stderr)
     return 0
+
+
+def save_row(path: Path, settings: dict, images: list[np.ndarray], seconds_per_image: float) -> None:
+    """A row's restored faces (uint8) with the settings that made them."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = json.dumps({"settings": settings, "seconds_per_image": seconds_per_image})
+    np.savez_compressed(path, images=np.stack(images), meta=np.array(meta))
+
+
+def load_row(path: Path, settings: dict) -> tuple[list[np.ndarray] | None, float | None]:
+    """(images, seconds per image) saved by `save_row` with exactly these settings, else (None, None)."""
+    if not path.is_file():
+        return None, None
+    with np.load(path, allow_pickle=False) as data:
+        meta = json.loads(str(data["meta"]))
+        if meta["settings"] != json.loads(json.dumps(settings)):
+            print(f"  {path.name}: saved with other settings, restoring again", file=sys.stderr)
+            return None, None
+        print(f"  {path.name}: read back", file=sys.stderr)
+        return list(data["images"]), meta["seconds_per_image"]
 
 
 def write(args, cfg, device, faces, argv, results: list[dict]) -> None:

@@ -64,3 +64,26 @@ def test_paired_bootstrap_interval_is_zero_for_a_copy_and_positive_for_a_shifted
     assert same["kid_delta_ci"] == [0.0, 0.0] and same["psnr_delta_ci"] == [0.0, 0.0]
     assert same["fid_delta_ci"] == [0.0, 0.0]
     assert far["kid_delta_ci"][0] > 0 and far["fid_delta_ci"][0] > 0 and np.allclose(far["psnr_delta_ci"], [-1, -1])
+
+
+def test_saved_rows_are_read_back_only_with_the_same_settings(tmp_path, capsys):
+    sq = _script()
+    images = [np.full((4, 4, 3), i, dtype=np.uint8) for i in range(3)]
+    settings = {"sampler": "unipc", "timesteps": [400, 200, 0], "keys": ["a", "b", "c"], "eta": 0.0}
+    path = tmp_path / "rows" / "N400 unipc K = 3.npz"
+    assert sq.load_row(path, settings) == (None, None)
+    sq.save_row(path, settings, images, 0.25)
+    back, seconds = sq.load_row(path, dict(settings))
+    assert seconds == 0.25 and len(back) == 3 and all(np.array_equal(a, b) for a, b in zip(back, images))
+    assert sq.load_row(path, dict(settings, timesteps=[400, 100, 0])) == (None, None)
+    assert "other settings" in capsys.readouterr().err
+
+
+def test_solver_names_are_checked():
+    import argparse
+
+    import pytest
+    sq = _script()
+    assert sq.name_list("dpmpp_2m, unipc") == ["dpmpp_2m", "unipc"]
+    with pytest.raises(argparse.ArgumentTypeError, match="unknown solver 'euler'"):
+        sq.name_list("unipc,euler")
