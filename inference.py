@@ -57,7 +57,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="first network call at N itself (the official code starts one grid point lower)")
     g.add_argument("--eta", type=float, help="noise scale of ddim and dpmpp_2m_sde (0 = deterministic; 1 = DDPM-like)")
     g.add_argument("--sampler", metavar="NAME",
-                   help="reverse-process sampler: ddim, ddpm, dpmpp_2m, unipc (few steps: with --steps K), "
+                   help="reverse-process sampler: ddim, ddpm, dpmpp_2m (few steps: with --steps K), "
                         "dpmpp_2m_sde (the registry of models/samplers.py)")
     g.add_argument("--num-samples", type=at_least(1), help="restorations per input, from different noise")
     g.add_argument("--seed", type=int, help="random seed (each image gets its own stream)")

@@ -8,7 +8,7 @@ Where the reverse chain starts is stated here and only here. The official code n
 level N and makes its first network call at the next lower point of its sampling grid
 (`official_start=True`, the default, so that released weights give the official results);
 the textbook chain (`official_start=False`) makes its first call at N itself. The few-step
-solvers (`dpmpp_2m`, `dpmpp_2m_sde`, `unipc`; no official counterpart) always start where x_N
+solvers (`dpmpp_2m`, `dpmpp_2m_sde`; no official counterpart) always start where x_N
 is, at N: taking a state of level N for one of a lower level leaves noise that a few-step
 solver does not remove (demo model, N = 400, 5 steps: FID 256 instead of 119).
 """
@@ -27,7 +27,7 @@ from .diffusion import DiffusionSchedule, space_timesteps
 from .samplers import SAMPLERS, TAKES_ETA, Generators, NoiseFn, draw_noise
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-STARTS_AT_N = ("dpmpp_2m", "dpmpp_2m_sde", "unipc")  # samplers whose first evaluation is always at N (textbook start)
+STARTS_AT_N = ("dpmpp_2m", "dpmpp_2m_sde")  # samplers whose first evaluation is always at N (textbook start)
 
 
 def sampling_timesteps(start_step: int, num_steps: int, grid: str | None = "ddim250",
@@ -97,40 +97,50 @@ class DifFace:
 
     estimator: y (B,3,S,S) [0,1] -> (B,3,S,S); prior: (x_t, t) -> (B,6,S,S). Both are used
     in eval mode without gradients. `image_size` S is the prior's training resolution.
+    `dtype` is the networks' autocast precision; with `low_precision_from_step` T only the prior's
+    evaluations at base steps t >= T run in it, the estimator and the steps below T in fp32.
     """
 
     def __init__(self, estimator: Callable, prior: Callable, schedule: DiffusionSchedule,
                  image_size: int, start_step: int = 400, grid: str | None = "ddim250",
                  steps: int | None = None, official_start: bool = True, eta: float = 0.5,
                  sampler: str = "ddim", dtype: str = "fp32",
-                 correct_x0_factory: Callable[[torch.Tensor, torch.Tensor], Callable] | None = None):
+                 correct_x0_factory: Callable[[torch.Tensor, torch.Tensor], Callable] | None = None,
+                 low_precision_from_step: int | None = None):
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; allowed: {sorted(SAMPLERS)}")
         if dtype not in DTYPES:
             raise ValueError(f"unknown dtype {dtype!r}; allowed: {sorted(DTYPES)}")
         if eta < 0:
             raise ValueError(f"eta must be >= 0, got {eta}")
+        if low_precision_from_step is not None and low_precision_from_step < 0:
+            raise ValueError(f"low_precision_from_step must be >= 0 or None, got {low_precision_from_step}")
         self.estimator, self.prior, self.schedule = estimator, prior, schedule
         self.image_size, self.start_step, self.eta = image_size, start_step, eta
         self.sampler, self.dtype = sampler, dtype
+        self.low_precision_from_step = low_precision_from_step
         official_start = official_start and sampler not in STARTS_AT_N
         self.timesteps = sampling_timesteps(start_step, schedule.num_steps, grid, steps, official_start)
         self.correct_x0_factory = correct_x0_factory
 
-    def _autocast(self, device: torch.device):
-        """Mixed precision for the networks only; all diffusion arithmetic stays float32."""
-        if self.dtype == "fp32":
+    def _autocast(self, device: torch.device, low: bool = True):
+        """Mixed precision for the networks only; all diffusion arithmetic stays float32.
+        `low` False: this call runs in fp32 whatever the dtype."""
+        if self.dtype == "fp32" or not low:
             return contextlib.nullcontext()
         return torch.autocast(device_type=device.type, dtype=DTYPES[self.dtype])
 
     def _prior(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        with self._autocast(x.device):
+        # with low_precision_from_step, steps below it run in fp32 (reading t costs a host sync
+        # on CUDA, so only then)
+        low = self.low_precision_from_step is None or int(t[0]) >= self.low_precision_from_step
+        with self._autocast(x.device, low):
             return self.prior(x, t).float()
 
     @torch.inference_mode()
     def estimate(self, y: torch.Tensor) -> torch.Tensor:
         """x0_hat = f(y) clamped to [0, 1]; y (B,3,S,S) RGB [0,1] at the model size."""
-        with self._autocast(y.device):
+        with self._autocast(y.device, self.low_precision_from_step is None):
             return self.estimator(y).float().clamp(0.0, 1.0)
 
     def _model_inputs(self, y: torch.Tensor, mask: torch.Tensor | None):

@@ -78,6 +78,9 @@ class InferenceConfig:
     batch_size: int = 1
     device: str = "auto"
     dtype: str = "fp32"
+    # With a reduced dtype (bf16, fp16): run only the prior's evaluations at base steps >= this
+    # in it, the estimator and the low-noise steps below in fp32. None: every network in dtype.
+    low_precision_from_step: Optional[int] = None
     channels_last: bool = True  # networks in NHWC memory order (same values, faster convolutions)
     compile: bool = False  # torch.compile the networks (CUDA: CUDA graphs); long warm-up, for large runs
 
@@ -124,6 +127,8 @@ def validate(cfg: InferenceConfig) -> None:
         (cfg.sampling.steps is None or cfg.sampling.steps >= 1, "sampling.steps", "None or >= 1"),
         (cfg.sampling.eta >= 0, "sampling.eta", ">= 0"),
         (cfg.sampling.sampler != "dpmpp_2m_sde" or cfg.sampling.eta <= 1, "sampling.eta", "<= 1 with dpmpp_2m_sde"),
+        (cfg.low_precision_from_step is None or cfg.low_precision_from_step >= 0, "low_precision_from_step",
+         "None or >= 0"),
         (cfg.num_samples >= 1, "num_samples", ">= 1"),
         (cfg.batch_size >= 1, "batch_size", ">= 1"),
         (cfg.image_size >= 8, "image_size", ">= 8"),
@@ -299,7 +304,8 @@ def make_difface(cfg: InferenceConfig, estimator, prior, dtype: str | None = Non
     s = cfg.sampling
     return DifFace(estimator, prior, schedule, image_size=cfg.image_size, start_step=s.start_step,
                    grid=s.grid, steps=s.steps, official_start=s.official_start, eta=s.eta,
-                   sampler=s.sampler, dtype=dtype or cfg.dtype, correct_x0_factory=correction(cfg))
+                   sampler=s.sampler, dtype=dtype or cfg.dtype, correct_x0_factory=correction(cfg),
+                   low_precision_from_step=cfg.low_precision_from_step)
 
 
 def correction(cfg: InferenceConfig):

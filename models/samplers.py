@@ -17,11 +17,9 @@ The network is called as ``model(x_t, t)`` with ``t`` the (B,) int64 base steps 
 """
 from __future__ import annotations
 
-import functools
 import math
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
 
 from .diffusion import DiffusionSchedule
@@ -309,93 +307,8 @@ def _dpmpp_2m(model, x_start, timesteps, schedule, eta: float, generator, noise_
     return x
 
 
-def unipc_sample_loop(model: Callable, x_start: torch.Tensor, timesteps: Sequence[int],
-                      schedule: DiffusionSchedule, generator: Generators = None,
-                      noise_fn: NoiseFn | None = None, correct_x0: CorrectX0 | None = None,
-                      callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
-                      order: int = 2) -> torch.Tensor:
-    """UniPC (Zhao et al. 2023): the UniP-p predictor and UniC corrector, data prediction, B(h) = e^-h - 1.
-
-    Deterministic, as `dpmpp_2m_sample_loop` (same arguments, same clipped x0 predictions D_k,
-    same K evaluations, the last of which is returned). The corrector needs no extra evaluation:
-    the D_{k+1} evaluated at the predicted state also corrects that state before the next
-    prediction, which lifts the order of accuracy by one. Orders are lowered at the first steps
-    (not enough history) and to 1 at the last step (to sigma = 0, which returns D).
-
-    With h = lambda_{k+1} - lambda_k, r_i = (lambda_{k-i} - lambda_k) / h and
-    Δ_i = (D_{k-i} - D_k) / r_i, one step is
-
-        x_{k+1} = (sigma_{k+1}/sigma_k) x_k - alpha_{k+1} (e^-h - 1) D_k - alpha_{k+1} B(h) sum_i rho_i Δ_i
-
-    where the predictor's rho solve the order conditions on (r_1..r_{p-1}) (rho = 1/2 at p = 2),
-    and the corrector re-takes the same step from x_k with Δ at r = 1 being D_{k+1} - D_k.
-    """
-    if order < 1:
-        raise ValueError(f"UniPC needs order >= 1, got {order}")
-    steps = _check_timesteps(timesteps, schedule)
-    x = x_start.float()
-    alpha_bars = [schedule.alpha_bar(t) for t in steps]
-    history: list[torch.Tensor] = []  # D_0 .. D_k
-    x_prev, order_prev = None, 0  # the state before the last prediction, and that prediction's order
-    for k, t in enumerate(steps):
-        eps, _ = _split_output(_call_model(model, x, t), x.shape[1])
-        x0 = _predict_x0(x, eps, alpha_bars[k])
-        if correct_x0 is not None:
-            x0 = correct_x0(x0, t)
-        if k + 1 == len(steps):  # final step to sigma = 0: x = D_k (a correction of x would be unused)
-            x = x0
-        else:
-            if k > 0:  # UniC: redo the last step from x_prev with the new D_k as one more point
-                x = _unipc_update(x_prev, history, alpha_bars, k - 1, order_prev, x0)
-            history = (history + [x0])[-order:]
-            order_prev = min(order, k + 1, len(steps) - k)
-            x_prev = x
-            x = _unipc_update(x, history, alpha_bars, k, order_prev, None)
-        if callback is not None:
-            callback(k, x, x0)
-    return x
-
-
-def _unipc_update(x: torch.Tensor, history: list[torch.Tensor], alpha_bars: list[float], k: int, order: int,
-                  x0_next: torch.Tensor | None) -> torch.Tensor:
-    """One UniP (x0_next None) or UniC (x0_next = D_{k+1}) step of order p from x at level k to k + 1.
-
-    `alpha_bars` are the levels' abar; `history` ends with D_k, and the p - 1 entries before it
-    are the earlier points the step uses.
-    """
-    def lam(i: int) -> float:  # lambda = log(alpha / sigma) of level i
-        return 0.5 * math.log(alpha_bars[i] / (1 - alpha_bars[i]))
-    h = lam(k + 1) - lam(k)
-    d_k = history[-1]
-    ratios = [(lam(k - i) - lam(k)) / h for i in range(1, order)]
-    diffs = [(history[-1 - i] - d_k) / r for i, r in enumerate(ratios, start=1)]
-    hh = -h
-    h_phi_1 = math.expm1(hh)
-    b_h = h_phi_1  # the "bh2" choice B(h) = e^-h - 1
-    # order conditions: sum_i rho_i r_i^(j-1) = j! phi_{j+1}(h) h / B(h), j = 1..p
-    h_phi_k, factorial, rhs = h_phi_1 / hh - 1, 1, []
-    for j in range(1, order + 1):
-        rhs.append(h_phi_k * factorial / b_h)
-        factorial *= j + 1
-        h_phi_k = h_phi_k / hh - 1 / factorial
-    nodes = ratios + [1.0]
-    matrix = np.array([[r ** (j - 1) for r in nodes] for j in range(1, order + 1)])
-    if x0_next is None:  # predictor: the p - 1 earlier points
-        rhos = [] if order == 1 else [0.5] if order == 2 else list(np.linalg.solve(matrix[:-1, :-1], rhs[:-1]))
-    else:  # corrector: those and D_{k+1} at r = 1
-        rhos = [0.5] if order == 1 else list(np.linalg.solve(matrix, rhs))
-        diffs = diffs + [x0_next - d_k]
-    sigma, sigma_next = math.sqrt(1 - alpha_bars[k]), math.sqrt(1 - alpha_bars[k + 1])
-    alpha_next = math.sqrt(alpha_bars[k + 1])
-    out = (sigma_next / sigma) * x - (alpha_next * h_phi_1) * d_k
-    for rho, diff in zip(rhos, diffs):
-        out = out - (alpha_next * b_h * float(rho)) * diff
-    return out
-
-
 SAMPLERS = {"ddim": ddim_sample_loop, "ddpm": ddpm_sample_loop, "dpmpp_2m": dpmpp_2m_sample_loop,
-            "dpmpp_2m_sde": dpmpp_2m_sde_sample_loop, "unipc": unipc_sample_loop,
-            "unipc3": functools.partial(unipc_sample_loop, order=3)}
+            "dpmpp_2m_sde": dpmpp_2m_sde_sample_loop}
 """Sampler name -> loop. Every loop takes (model, x_start, timesteps, schedule, generator=,
 noise_fn=, correct_x0=, callback=); those in TAKES_ETA also take `eta` (their stochasticity)."""
 TAKES_ETA = ("ddim", "dpmpp_2m_sde")

@@ -211,17 +211,21 @@ def time_mode(cfg, mode: str, batch: int, device: torch.device, repeats: int) ->
 
 def end_to_end(cfg, steps_cfg, device: torch.device) -> tuple[float, int, str]:
     """Seconds of one real restoration (batch 1, after a warm-up) with `steps_cfg`'s sampling and
-    precision (as inference.py picks it for `device`), its evaluations and the precision."""
+    precision (as inference.py picks it for `device`, with its low_precision_from_step), its
+    evaluations and the precision."""
     estimator, prior = networks(cfg, device)
     s = steps_cfg.sampling
     dtype, _ = pick_dtype(steps_cfg.dtype, device)
     method = DifFace(prepare_network(estimator, device), prepare_network(prior, device),
                      DiffusionSchedule.from_name(cfg.diffusion.schedule, cfg.diffusion.steps), cfg.image_size,
-                     s.start_step, s.grid, s.steps, s.official_start, s.eta, s.sampler, dtype=dtype)
+                     s.start_step, s.grid, s.steps, s.official_start, s.eta, s.sampler, dtype=dtype,
+                     low_precision_from_step=steps_cfg.low_precision_from_step)
     y = torch.rand(1, 3, cfg.image_size, cfg.image_size, device=device)
     warm = DifFace(method.estimator, method.prior, method.schedule, cfg.image_size, s.start_step, steps=1)
     warm.restore(y, generator=torch.Generator().manual_seed(0))  # first-call set-up is not timed
     seconds = timed(lambda: method.restore(y, generator=torch.Generator().manual_seed(0)), device)
+    if dtype != "fp32" and steps_cfg.low_precision_from_step is not None:
+        dtype += f" at t >= {steps_cfg.low_precision_from_step}, else fp32"
     return seconds, len(method.timesteps), dtype
 
 
@@ -304,8 +308,11 @@ def main(argv=None) -> int:
     if args.end_to_end:
         print("\n| end to end (batch 1) | evals | precision | s / face |\n|---|---|---|---|")
         for c in (fast_cfg,) if device.type == "cpu" else (cfg, fast_cfg):  # 100 evaluations: minutes on a CPU
-            for precision in dict.fromkeys([c.dtype, *(m for m in args.modes if m != "compile")]):  # preset's first
-                seconds, evals, used = end_to_end(cfg, OmegaConf.merge(c, {"dtype": precision}), device)
+            # the preset's own precision first, then each mode for every network and step
+            variants = [(c.dtype, c.low_precision_from_step), *((m, None) for m in args.modes if m != "compile")]
+            for precision, from_step in dict.fromkeys(variants):
+                variant = OmegaConf.merge(c, {"dtype": precision, "low_precision_from_step": from_step})
+                seconds, evals, used = end_to_end(cfg, variant, device)
                 print(f"| {c.name} | {evals} | {used} | {seconds:.2f} |", flush=True)
     return 0
 

@@ -6,9 +6,8 @@
 For each start step N of --n-values (default: 400 and the config's own N) the held-out faces
 (degraded once, exactly as in scripts/reproduce_small.py) are restored by
   * the reference: DDIM, eta 0.5, on the config's grid below N (100 evaluations at N = 400),
-  * each deterministic solver of --solvers (dpmpp_2m, unipc) and dpmpp_2m_sde (for each eta of
-    --sde-etas) with K evaluations for each K of --ks (first evaluation at N), and DDIM (eta 0.5,
-    the config's official start) with K of --ddim-ks,
+  * dpmpp_2m and dpmpp_2m_sde (for each eta of --sde-etas) with K evaluations for each K of --ks
+    (first evaluation at N), and DDIM (eta 0.5, the config's official start) with K of --ddim-ks,
   * optionally dpmpp_2m in bfloat16 (--bf16-ks) and the reference's deterministic limit (--ddim-eta0),
 and scored by PSNR / SSIM against the HQ faces and FID / KID against the HQ set. The
 selected K (of either solver) is the smallest one whose FID and KID are no worse than the reference and whose
@@ -42,7 +41,7 @@ from models.difface import DifFace  # noqa: E402
 from models.pipeline import ConfigError, load_config, pick_device  # noqa: E402
 from models.samplers import TAKES_ETA  # noqa: E402
 
-SOLVERS = ("dpmpp_2m", "unipc", "unipc3", "dpmpp_2m_sde")  # few-step solvers, in order of preference
+SOLVERS = ("dpmpp_2m", "dpmpp_2m_sde")
 
 
 def float_list(text: str) -> list[float]:
@@ -60,9 +59,6 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="start steps (default: 400 and the config's start step)")
     p.add_argument("--ks", type=rs.int_list, default=[5, 8, 10, 15, 20], metavar="K,K,...",
                    help="evaluations per face of the few-step rows (default: 5,8,10,15,20)")
-    p.add_argument("--solvers", type=name_list, default=["dpmpp_2m", "unipc"], metavar="NAME,NAME",
-                   help=f"deterministic few-step solvers with a row for each K (of {', '.join(SOLVERS[:-1])}; "
-                        "default: dpmpp_2m,unipc)")
     p.add_argument("--sde-etas", type=float_list, default=[0.5, 1.0], metavar="ETA,ETA",
                    help="noise scales of the dpmpp_2m_sde rows, 1 = the full SDE (default: 0.5,1.0)")
     p.add_argument("--ddim-ks", type=rs.int_list, default=[10], metavar="K,K",
@@ -71,6 +67,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="also the reference's deterministic limit: DDIM eta 0 on the same grid")
     p.add_argument("--bf16-ks", type=rs.int_list, default=[], metavar="K,K",
                    help="dpmpp_2m rows run in bfloat16 autocast, for comparison with fp32 (default: none)")
+    p.add_argument("--bf16-above", type=rs.int_list, default=[], metavar="T,T",
+                   help="for each T, also the --bf16-ks rows with bf16 only at base steps >= T, fp32 below")
     p.add_argument("--fid-intervals", action="store_true",
                    help="also bootstrap the FID difference (slower: about 0.3 s per draw and row)")
     p.add_argument("--psnr-tolerance", type=float, default=0.2, help="dB below the reference (default: 0.2)")
@@ -84,14 +82,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--reuse-rows", action="store_true",
                    help="read back rows saved in OUT/rows by an earlier run with the same settings")
     return p.parse_args(argv)
-
-
-def name_list(text: str) -> list[str]:
-    names = [t.strip() for t in text.split(",") if t.strip()]
-    unknown = [n for n in names if n not in SOLVERS[:-1]]
-    if unknown:
-        raise argparse.ArgumentTypeError(f"unknown solver {unknown[0]!r}; choose from {', '.join(SOLVERS[:-1])}")
-    return names
 
 
 class Scores:
@@ -232,13 +222,16 @@ def main(argv=None) -> int:
     score = Scores(rs.to_uint8(faces.hq), device, args.fid_backbone)
     base, s = runner.base, cfg.sampling
 
-    def run(label: str, sampler: str, n: int, steps: int | None, eta: float = 0.5, dtype: str = "fp32") -> dict:
-        method = DifFace(base.estimator, base.prior, base.schedule, cfg.image_size, start_step=n, grid=s.grid,
-                         steps=steps, official_start=s.official_start, eta=eta, sampler=sampler, dtype=dtype)
+    def run(label: str, sampler: str, n: int, steps: int | None, eta: float = 0.5, dtype: str = "fp32",
+            bf16_above: int | None = None) -> dict:
+        prior = base.prior if bf16_above is None else StepPrecision(base.prior, bf16_above)
+        method = DifFace(base.estimator, prior, base.schedule, cfg.image_size, start_step=n, grid=s.grid,
+                         steps=steps, official_start=s.official_start, eta=eta, sampler=sampler,
+                         dtype="fp32" if bf16_above is not None else dtype)
         eta = eta if sampler in TAKES_ETA else 0.0
         settings = {"cfg": cfg.name, "heldout": str(args.heldout), "keys": faces.keys, "seed": args.seed,
                     "degradation_from": args.degradation_from, "sampler": sampler, "eta": eta, "dtype": dtype,
-                    "timesteps": method.timesteps}
+                    "timesteps": method.timesteps, "bf16_above": bf16_above}
         saved = args.out / "rows" / f"N{n} {label}.npz"
         out, sec = load_row(saved, settings) if args.reuse_rows else (None, None)
         if out is None:
@@ -251,24 +244,40 @@ def main(argv=None) -> int:
                    lq[:1], faces.keys[:1], "warm-up")
     results = []
     for n in n_values:  # results.json after each N, so that a late failure keeps the earlier numbers
-        plan = [*((name, name, 0.0, args.ks) for name in args.solvers),
+        plan = [("dpmpp_2m", "dpmpp_2m", 0.0, args.ks),
                 *((f"dpmpp_2m_sde eta {eta:g}", "dpmpp_2m_sde", eta, args.ks) for eta in args.sde_etas),
                 ("DDIM eta 0.5", "ddim", 0.5, args.ddim_ks)]
         rows = [run(f"{name} K = {k}", sampler, n, k, eta) for name, sampler, eta, ks in plan for k in ks if k <= n]
         rows += [run(f"dpmpp_2m bf16 K = {k}", "dpmpp_2m", n, k, 0.0, "bf16") for k in args.bf16_ks if k <= n]
+        rows += [run(f"dpmpp_2m bf16 at t >= {t} K = {k}", "dpmpp_2m", n, k, 0.0, f"bf16>={t}", t)
+                 for t in args.bf16_above for k in args.bf16_ks if k <= n]
         if args.ddim_eta0:
             rows.append(run(f"DDIM eta 0, grid {s.grid}", "ddim", n, None, 0.0))
         ref = run(f"DDIM eta 0.5, grid {s.grid}", "ddim", n, None)
         for row in rows:
             score.compare(row, ref, fid=args.fid_intervals)
-            twin = [r for r in rows if row.get("dtype") == "bf16" and r["label"] == row["label"].replace(" bf16", "")]
-            if twin:  # bf16 against fp32 at the same K
+            twin = [r for r in rows if row["dtype"] != "fp32" and r["dtype"] == "fp32"
+                    and (r["sampler"], r["evaluations"]) == (row["sampler"], row["evaluations"])]
+            if twin:  # reduced precision against fp32, same solver and K
                 score.compare(row, twin[0], key="vs_fp32")
         results.append({"N": n, "reference": ref, "rows": rows, "selected": choose(ref, rows, args.psnr_tolerance),
                         "within_noise": within_noise(rows, args.psnr_tolerance)})
         write(args, cfg, device, faces, argv, results)
     print(f"wrote {args.out / 'results.md'}", file=sys.stderr)
     return 0
+
+
+class StepPrecision:
+    """The prior in bf16 autocast at base steps >= `threshold`, in fp32 below."""
+
+    def __init__(self, prior, threshold: int):
+        self.prior, self.threshold = prior, threshold
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if int(t[0]) < self.threshold:
+            return self.prior(x, t)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16):
+            return self.prior(x, t).float()
 
 
 def save_row(path: Path, settings: dict, images: list[np.ndarray], seconds_per_image: float) -> None:

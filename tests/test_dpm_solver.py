@@ -1,5 +1,4 @@
-"""Few-step solvers (DPM-Solver++(2M), UniPC): against diffusers' independent implementations, an
-oracle, and the CLI end to end."""
+"""DPM-Solver++(2M): against diffusers' independent implementation, an oracle, and the CLI end to end."""
 import numpy as np
 import pytest
 import torch
@@ -9,7 +8,7 @@ import inference
 from datapipe.image_io import write_image
 from models.diffusion import DiffusionSchedule
 from models.difface import DifFace, sampling_timesteps
-from models.samplers import SAMPLERS, dpmpp_2m_sample_loop, dpmpp_2m_sde_sample_loop, unipc_sample_loop
+from models.samplers import SAMPLERS, dpmpp_2m_sample_loop, dpmpp_2m_sde_sample_loop
 
 
 class SmallNet(nn.Module):
@@ -53,38 +52,6 @@ def test_matches_diffusers_dpm_solver_multistep(steps, sde):
     # diffusers keeps its schedule in float32, ours in float64
     torch.testing.assert_close(ours, x, atol=2e-5, rtol=1e-5)
     assert not torch.allclose(ours, x_start, atol=1e-2)
-
-
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")
-@pytest.mark.parametrize("order", [1, 2, 3])
-@pytest.mark.parametrize("steps", [[380, 300, 200, 120, 60, 20, 0], [396, 264, 132, 0], [50, 0], [400]])
-def test_unipc_matches_diffusers_unipc_multistep(steps, order):
-    """diffusers' UniPCMultistepScheduler (bh2, predictor + corrector, lower order at the ends),
-    run on our levels: it takes no list of timesteps, so its timesteps and sigmas are replaced."""
-    diffusers = pytest.importorskip("diffusers")
-    schedule = DiffusionSchedule.from_name("linear", 1000)
-    net = SmallNet().eval()
-    x_start = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        ours = unipc_sample_loop(net, x_start, steps, schedule, order=order)
-        ref = diffusers.UniPCMultistepScheduler(
-            num_train_timesteps=1000, trained_betas=schedule.betas.tolist(), solver_order=order, solver_type="bh2",
-            predict_x0=True, lower_order_final=True, final_sigmas_type="zero", thresholding=True,
-            sample_max_value=1.0, prediction_type="epsilon")
-        ref.set_timesteps(len(steps))
-        alpha_bar = torch.tensor([schedule.alpha_bar(t) for t in steps], dtype=torch.float64)
-        ref.timesteps = torch.tensor(steps)
-        ref.sigmas = torch.cat([((1 - alpha_bar) / alpha_bar).sqrt(), torch.zeros(1, dtype=torch.float64)]).float()
-        x = x_start.clone()
-        for t in ref.timesteps:
-            x = ref.step(net(x, t.reshape(1).expand(x.shape[0]))[:, :3], t, x).prev_sample
-    torch.testing.assert_close(ours, x, atol=2e-5, rtol=1e-5)
-    if len(steps) > 2:  # the corrector and the higher orders change the result
-        with torch.no_grad():
-            first_order = unipc_sample_loop(net, x_start, steps, schedule, order=1)
-            dpm = dpmpp_2m_sample_loop(net, x_start, steps, schedule)
-        assert not torch.allclose(ours, dpm, atol=1e-4)
-        assert (order == 1) == torch.allclose(ours, first_order, atol=1e-4)
 
 
 def test_sde_eta_zero_is_the_ode_solver_and_draws_nothing():
@@ -131,8 +98,7 @@ def test_sde_keeps_the_forward_marginals_for_every_eta(eta):
         torch.testing.assert_close(std, torch.full_like(std, (1 - ab) ** 0.5), atol=0, rtol=0.02)
 
 
-@pytest.mark.parametrize("loop", [dpmpp_2m_sample_loop, unipc_sample_loop])
-def test_true_eps_recovers_x0_and_intermediate_states_stay_on_the_path(loop):
+def test_true_eps_recovers_x0_and_intermediate_states_stay_on_the_path():
     """Oracle: with the exact noise of x_t = a x0 + s z, every state is a_k x0 + s_k z."""
     schedule = DiffusionSchedule.from_name("linear", 1000)
     x0 = torch.rand(1, 3, 8, 8) * 1.6 - 0.8
@@ -141,19 +107,19 @@ def test_true_eps_recovers_x0_and_intermediate_states_stay_on_the_path(loop):
     ab0 = schedule.alpha_bar(steps[0])
     x_start = ab0 ** 0.5 * x0 + (1 - ab0) ** 0.5 * z
     states = []
-    out = loop(lambda x, t: z.expand_as(x), x_start, steps, schedule, callback=lambda k, x, x0_: states.append(x))
+    out = dpmpp_2m_sample_loop(lambda x, t: z.expand_as(x), x_start, steps, schedule,
+                               callback=lambda k, x, x0_: states.append(x))
     torch.testing.assert_close(out, x0, atol=1e-5, rtol=0)
     for k, t_next in enumerate(steps[1:]):
         ab = schedule.alpha_bar(t_next)
         torch.testing.assert_close(states[k], ab ** 0.5 * x0 + (1 - ab) ** 0.5 * z, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("name", ["dpmpp_2m", "unipc"])
-def test_is_registered_and_runs_in_the_method_without_drawing_step_noise(name):
-    assert SAMPLERS[name] is {"dpmpp_2m": dpmpp_2m_sample_loop, "unipc": unipc_sample_loop}[name]
+def test_is_registered_and_runs_in_the_method_without_drawing_step_noise():
+    assert SAMPLERS["dpmpp_2m"] is dpmpp_2m_sample_loop
     schedule = DiffusionSchedule.from_name("linear", 1000)
     net = SmallNet().eval()
-    method = DifFace(lambda y: y, net, schedule, image_size=16, start_step=400, steps=5, sampler=name)
+    method = DifFace(lambda y: y, net, schedule, image_size=16, start_step=400, steps=5, sampler="dpmpp_2m")
     # the solver's first evaluation is at N, where x_N is (no official off-by-one)
     assert method.timesteps == sampling_timesteps(400, 1000, steps=5, official_start=False) == [400, 300, 200, 100, 0]
     y = torch.rand(2, 3, 16, 16)
@@ -166,17 +132,16 @@ def test_is_registered_and_runs_in_the_method_without_drawing_step_noise(name):
     assert torch.equal(a, b) and torch.equal(after, torch.randn(1, generator=gen2))
 
 
-@pytest.mark.parametrize("name", ["dpmpp_2m", "unipc"])
-def test_cli_sampler_with_steps(name, tiny_cfg, tmp_path, capsys):
+def test_cli_sampler_dpmpp_2m_with_steps(tiny_cfg, tmp_path, capsys):
     rng = np.random.default_rng(0)
     src = tmp_path / "in"
     write_image(src / "a.png", rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
     out = tmp_path / "out"
     assert inference.main(["-i", str(src), "-o", str(out), "--aligned", "--cfg", str(tiny_cfg),
-                           "--sampler", name, "--steps", "4"]) == 0
+                           "--sampler", "dpmpp_2m", "--steps", "4"]) == 0
     assert (out / "a.png").is_file()
     err = capsys.readouterr().err
-    assert f"sampler={name}" in err and "4 network evaluations per face" in err
+    assert "sampler=dpmpp_2m" in err and "4 network evaluations per face" in err
     assert inference.main(["-i", str(src), "-o", str(tmp_path / "o2"), "--aligned", "--cfg", str(tiny_cfg),
                            "--sampler", "nope"]) == 2
     assert "'sampling.sampler'" in capsys.readouterr().err and not (tmp_path / "o2").exists()

@@ -131,6 +131,52 @@ def test_restore_runs_under_inference_mode_with_prepared_networks():
     torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
 
 
+def test_low_precision_from_step_runs_only_the_noisier_prior_steps_in_bf16():
+    """With low_precision_from_step T the prior runs in bf16 at t >= T and in fp32 below, the
+    estimator in fp32; T above every step gives the fp32 result exactly."""
+    schedule = DiffusionSchedule.from_name("linear", 1000)
+    unet, swinir = _nets()
+    seen = []
+
+    def autocast_dtype():
+        return torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
+
+    def prior(x, t):
+        seen.append((int(t[0]), autocast_dtype()))
+        return unet(x, t)
+
+    def estimator(y):
+        seen.append(("estimator", autocast_dtype()))
+        return swinir(y)
+
+    def run(**kw):
+        seen.clear()
+        method = DifFace(estimator, prior, schedule, 32, start_step=400, steps=5, sampler="dpmpp_2m", **kw)
+        out = method.restore(torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(1)),
+                             generator=torch.Generator().manual_seed(0)).sample
+        return out, list(seen)
+
+    _, calls = run(dtype="bf16", low_precision_from_step=200)
+    assert calls == [("estimator", None), (400, torch.bfloat16), (300, torch.bfloat16), (200, torch.bfloat16),
+                     (100, None), (0, None)]
+    bf16, calls = run(dtype="bf16")  # every network in bf16
+    assert {c[1] for c in calls} == {torch.bfloat16}
+    fp32, _ = run(dtype="fp32", low_precision_from_step=200)  # no reduced dtype: nothing changes
+    assert torch.equal(run(dtype="bf16", low_precision_from_step=401)[0], fp32)
+    assert not torch.allclose(bf16, fp32, atol=1e-5)
+    with pytest.raises(ValueError, match="low_precision_from_step"):
+        DifFace(estimator, prior, schedule, 16, dtype="bf16", low_precision_from_step=-1)
+
+
+def test_low_precision_from_step_reaches_the_method_from_the_config(tiny_cfg):
+    from models.pipeline import ConfigError, load_config, make_difface
+    cfg = load_config(str(tiny_cfg), ["dtype=bf16", "low_precision_from_step=200"])
+    assert make_difface(cfg, None, None).low_precision_from_step == 200
+    assert make_difface(load_config(str(tiny_cfg)), None, None).low_precision_from_step is None
+    with pytest.raises(ConfigError, match="low_precision_from_step"):
+        load_config(str(tiny_cfg), ["low_precision_from_step=-5"])
+
+
 def test_benchmark_imports_another_checkouts_networks_under_a_private_name(tmp_path):
     classes = benchmark.import_networks(REPO, "selftest")
     unet, swinir = _nets()
@@ -163,11 +209,12 @@ def test_benchmark_end_to_end_runs_the_preset_precision_and_fp32(tiny_cfg, tmp_p
     import models.pipeline as pipeline
     monkeypatch.setattr(pipeline, "_cpu_has_bf16", lambda: True)
     fast = tmp_path / "fast.yaml"
-    fast.write_text(yaml.safe_dump({**yaml.safe_load(tiny_cfg.read_text()), "dtype": "bf16"}))
-    assert benchmark.main(["--cfg", str(tiny_cfg), "--fast-cfg", str(fast), "--modes", "fp32", "--batch-sizes", "1",
-                           "--repeats", "1", "--device", "cpu", "--threads", "1", "--end-to-end"]) == 0
+    fast.write_text(yaml.safe_dump({**yaml.safe_load(tiny_cfg.read_text()), "dtype": "bf16",
+                                    "low_precision_from_step": 100}))
+    assert benchmark.main(["--cfg", str(tiny_cfg), "--fast-cfg", str(fast), "--modes", "fp32,bf16", "--batch-sizes",
+                           "1", "--repeats", "1", "--device", "cpu", "--threads", "1", "--end-to-end"]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| tiny")]
-    assert [row.split("|")[3].strip() for row in rows] == ["bf16", "fp32"], rows
+    assert [row.split("|")[3].strip() for row in rows] == ["bf16 at t >= 100, else fp32", "fp32", "bf16"], rows
 
 
 def test_swinir_attention_bias_cache_follows_new_weights():

@@ -78,12 +78,3 @@ def test_saved_rows_are_read_back_only_with_the_same_settings(tmp_path, capsys):
     assert sq.load_row(path, dict(settings, timesteps=[400, 100, 0])) == (None, None)
     assert "other settings" in capsys.readouterr().err
 
-
-def test_solver_names_are_checked():
-    import argparse
-
-    import pytest
-    sq = _script()
-    assert sq.name_list("dpmpp_2m, unipc") == ["dpmpp_2m", "unipc"]
-    with pytest.raises(argparse.ArgumentTypeError, match="unknown solver 'euler'"):
-        sq.name_list("unipc,euler")
