@@ -396,7 +396,11 @@ def run(cfg, jobs, args) -> dict:
     dtype, note = pick_dtype(cfg.dtype, device)
     if note:
         log(f"warning: {note}")
-    log(f"DifFace: model '{cfg.name}' on {device} ({dtype}); N={cfg.sampling.start_step}, "
+    if dtype != "fp32" and cfg.low_precision_from_step is not None:
+        dtype_note = f"{dtype} for the prior at t >= {cfg.low_precision_from_step}, else fp32"
+    else:
+        dtype_note = dtype
+    log(f"DifFace: model '{cfg.name}' on {device} ({dtype_note}); N={cfg.sampling.start_step}, "
         f"eta={cfg.sampling.eta}, sampler={cfg.sampling.sampler}")
     method = build_difface(cfg, device, args.weights_dir, args.download, dtype=dtype)
     log(f"{len(method.timesteps)} network evaluations per face, first at step {method.timesteps[0]}"

@@ -308,9 +308,11 @@ def main(argv=None) -> int:
     if args.end_to_end:
         print("\n| end to end (batch 1) | evals | precision | s / face |\n|---|---|---|---|")
         for c in (fast_cfg,) if device.type == "cpu" else (cfg, fast_cfg):  # 100 evaluations: minutes on a CPU
-            # the preset's own precision first, then each mode for every network and step
-            variants = [(c.dtype, c.low_precision_from_step), *((m, None) for m in args.modes if m != "compile")]
-            for precision, from_step in dict.fromkeys(variants):
+            # the preset's own precision first, then each mode as `--dtype MODE` runs the preset and,
+            # where the preset keeps low-noise steps in fp32, that mode throughout
+            modes = [c.dtype, *(m for m in args.modes if m != "compile")]
+            variants = [(m, c.low_precision_from_step) for m in modes] + [(m, None) for m in modes]
+            for precision, from_step in dict.fromkeys((m, None if m == "fp32" else t) for m, t in variants):
                 variant = OmegaConf.merge(c, {"dtype": precision, "low_precision_from_step": from_step})
                 seconds, evals, used = end_to_end(cfg, variant, device)
                 print(f"| {c.name} | {evals} | {used} | {seconds:.2f} |", flush=True)

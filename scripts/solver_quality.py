@@ -8,7 +8,8 @@ For each start step N of --n-values (default: 400 and the config's own N) the he
   * the reference: DDIM, eta 0.5, on the config's grid below N (100 evaluations at N = 400),
   * dpmpp_2m and dpmpp_2m_sde (for each eta of --sde-etas) with K evaluations for each K of --ks
     (first evaluation at N), and DDIM (eta 0.5, the config's official start) with K of --ddim-ks,
-  * optionally dpmpp_2m in bfloat16 (--bf16-ks) and the reference's deterministic limit (--ddim-eta0),
+  * optionally dpmpp_2m in bfloat16 (--bf16-ks; with --bf16-above T only the prior's steps at t >= T)
+    and the reference's deterministic limit (--ddim-eta0),
 and scored by PSNR / SSIM against the HQ faces and FID / KID against the HQ set. The
 selected K (of either solver) is the smallest one whose FID and KID are no worse than the reference and whose
 PSNR is within --psnr-tolerance dB of it. As FID and KID of a few hundred faces are noisy, each row
@@ -68,7 +69,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--bf16-ks", type=rs.int_list, default=[], metavar="K,K",
                    help="dpmpp_2m rows run in bfloat16 autocast, for comparison with fp32 (default: none)")
     p.add_argument("--bf16-above", type=rs.int_list, default=[], metavar="T,T",
-                   help="for each T, also the --bf16-ks rows with bf16 only at base steps >= T, fp32 below")
+                   help="for each T, also the --bf16-ks rows with bf16 only for the prior at base steps >= T "
+                        "(low_precision_from_step)")
     p.add_argument("--fid-intervals", action="store_true",
                    help="also bootstrap the FID difference (slower: about 0.3 s per draw and row)")
     p.add_argument("--psnr-tolerance", type=float, default=0.2, help="dB below the reference (default: 0.2)")
@@ -224,10 +226,9 @@ def main(argv=None) -> int:
 
     def run(label: str, sampler: str, n: int, steps: int | None, eta: float = 0.5, dtype: str = "fp32",
             bf16_above: int | None = None) -> dict:
-        prior = base.prior if bf16_above is None else StepPrecision(base.prior, bf16_above)
-        method = DifFace(base.estimator, prior, base.schedule, cfg.image_size, start_step=n, grid=s.grid,
+        method = DifFace(base.estimator, base.prior, base.schedule, cfg.image_size, start_step=n, grid=s.grid,
                          steps=steps, official_start=s.official_start, eta=eta, sampler=sampler,
-                         dtype="fp32" if bf16_above is not None else dtype)
+                         dtype=dtype if bf16_above is None else "bf16", low_precision_from_step=bf16_above)
         eta = eta if sampler in TAKES_ETA else 0.0
         settings = {"cfg": cfg.name, "heldout": str(args.heldout), "keys": faces.keys, "seed": args.seed,
                     "degradation_from": args.degradation_from, "sampler": sampler, "eta": eta, "dtype": dtype,
@@ -265,19 +266,6 @@ def main(argv=None) -> int:
         write(args, cfg, device, faces, argv, results)
     print(f"wrote {args.out / 'results.md'}", file=sys.stderr)
     return 0
-
-
-class StepPrecision:
-    """The prior in bf16 autocast at base steps >= `threshold`, in fp32 below."""
-
-    def __init__(self, prior, threshold: int):
-        self.prior, self.threshold = prior, threshold
-
-    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if int(t[0]) < self.threshold:
-            return self.prior(x, t)
-        with torch.autocast(x.device.type, dtype=torch.bfloat16):
-            return self.prior(x, t).float()
 
 
 def save_row(path: Path, settings: dict, images: list[np.ndarray], seconds_per_image: float) -> None:

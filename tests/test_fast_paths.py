@@ -177,6 +177,21 @@ def test_low_precision_from_step_reaches_the_method_from_the_config(tiny_cfg):
         load_config(str(tiny_cfg), ["low_precision_from_step=-5"])
 
 
+def test_cli_says_which_steps_run_in_reduced_precision(tiny_cfg, tmp_path, capsys, monkeypatch):
+    import numpy as np
+
+    import inference
+    import models.pipeline as pipeline
+    from datapipe.image_io import write_image
+    monkeypatch.setattr(pipeline, "_cpu_has_bf16", lambda: True)
+    write_image(tmp_path / "in" / "a.png", np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    common = ["-i", str(tmp_path / "in"), "--aligned", "--cfg", str(tiny_cfg), "--device", "cpu", "--dtype", "bf16"]
+    assert inference.main([*common, "-o", str(tmp_path / "a"), "low_precision_from_step=2"]) == 0
+    assert "(bf16 for the prior at t >= 2, else fp32)" in capsys.readouterr().err
+    assert inference.main([*common, "-o", str(tmp_path / "b"), "low_precision_from_step=null"]) == 0
+    assert "(bf16);" in capsys.readouterr().err
+
+
 def test_benchmark_imports_another_checkouts_networks_under_a_private_name(tmp_path):
     classes = benchmark.import_networks(REPO, "selftest")
     unet, swinir = _nets()
