@@ -7,10 +7,10 @@
 Where the reverse chain starts is stated here and only here. The official code noises to
 level N and makes its first network call at the next lower point of its sampling grid
 (`official_start=True`, the default, so that released weights give the official results);
-the textbook chain (`official_start=False`) makes its first call at N itself. The few-step
-solvers (`dpmpp_2m`, `dpmpp_2m_sde`; no official counterpart) always start where x_N
-is, at N: taking a state of level N for one of a lower level leaves noise that a few-step
-solver does not remove (demo model, N = 400, 5 steps: FID 256 instead of 119).
+the textbook chain (`official_start=False`) makes its first call at N itself. The DPM-Solvers
+(`dpmpp_2m`, `dpmpp_2m_sde`; no official counterpart) always start where x_N is, at N: taking
+a state of level N for one of a lower level leaves noise that a few-step solver does not remove
+(demo model, N = 400, 5 steps: FID 256 instead of 119).
 """
 from __future__ import annotations
 
