@@ -126,22 +126,23 @@ class Scores:
                 row[f"{metric}_{key}_ci"] = [float(v) for v in np.percentile(values, [2.5, 97.5])]
 
 
-def choose(reference: dict, rows: list[dict], tolerance: float) -> dict | None:
-    """The fewest-evaluation fp32 solver row no worse than the reference in FID, KID and PSNR - tolerance
-    (on a tie the first of SOLVERS)."""
-    ok = [r for r in rows if r["sampler"] in SOLVERS and r.get("dtype", "fp32") == "fp32"
-          and r["fid"] <= reference["fid"] and r["kid_x1000"] <= reference["kid_x1000"]
-          and r["psnr"] >= reference["psnr"] - tolerance]
+def _fewest(rows: list[dict], accept) -> dict | None:
+    """The fewest-evaluation fp32 solver row that `accept`s (on a tie the first of SOLVERS)."""
+    ok = [r for r in rows if r["sampler"] in SOLVERS and r.get("dtype", "fp32") == "fp32" and accept(r)]
     return min(ok, key=lambda r: (r["evaluations"], SOLVERS.index(r["sampler"]))) if ok else None
+
+
+def choose(reference: dict, rows: list[dict], tolerance: float) -> dict | None:
+    """The fewest-evaluation fp32 solver row no worse than the reference in FID, KID and PSNR - tolerance."""
+    return _fewest(rows, lambda r: r["fid"] <= reference["fid"] and r["kid_x1000"] <= reference["kid_x1000"]
+                   and r["psnr"] >= reference["psnr"] - tolerance)
 
 
 def within_noise(rows: list[dict], tolerance: float) -> dict | None:
     """The fewest-evaluation fp32 solver row not significantly worse than the reference: its ΔKID
     interval (and ΔFID interval, where bootstrapped) reaches 0 and its ΔPSNR interval reaches -tolerance."""
-    ok = [r for r in rows if r["sampler"] in SOLVERS and r.get("dtype", "fp32") == "fp32" and "kid_delta_ci" in r
-          and r["kid_delta_ci"][0] <= 0 and r.get("fid_delta_ci", [0.0])[0] <= 0
-          and r["psnr_delta_ci"][1] >= -tolerance]
-    return min(ok, key=lambda r: (r["evaluations"], SOLVERS.index(r["sampler"]))) if ok else None
+    return _fewest(rows, lambda r: "kid_delta_ci" in r and r["kid_delta_ci"][0] <= 0
+                   and r.get("fid_delta_ci", [0.0])[0] <= 0 and r["psnr_delta_ci"][1] >= -tolerance)
 
 
 def plot(results: list[dict], out: Path) -> None:
@@ -225,14 +226,16 @@ def main(argv=None) -> int:
     base, s = runner.base, cfg.sampling
 
     def run(label: str, sampler: str, n: int, steps: int | None, eta: float = 0.5, dtype: str = "fp32",
-            bf16_above: int | None = None) -> dict:
+            low_from: int | None = None) -> dict:
+        """One row; `low_from`: `dtype` only for the prior at t >= low_from (low_precision_from_step)."""
         method = DifFace(base.estimator, base.prior, base.schedule, cfg.image_size, start_step=n, grid=s.grid,
-                         steps=steps, official_start=s.official_start, eta=eta, sampler=sampler,
-                         dtype=dtype if bf16_above is None else "bf16", low_precision_from_step=bf16_above)
+                         steps=steps, official_start=s.official_start, eta=eta, sampler=sampler, dtype=dtype,
+                         low_precision_from_step=low_from)
         eta = eta if sampler in TAKES_ETA else 0.0
+        dtype = dtype if low_from is None else f"{dtype}>={low_from}"
         settings = {"cfg": cfg.name, "heldout": str(args.heldout), "keys": faces.keys, "seed": args.seed,
                     "degradation_from": args.degradation_from, "sampler": sampler, "eta": eta, "dtype": dtype,
-                    "timesteps": method.timesteps, "bf16_above": bf16_above}
+                    "timesteps": method.timesteps}
         saved = args.out / "rows" / f"N{n} {label}.npz"
         out, sec = load_row(saved, settings) if args.reuse_rows else (None, None)
         if out is None:
@@ -250,7 +253,7 @@ def main(argv=None) -> int:
                 ("DDIM eta 0.5", "ddim", 0.5, args.ddim_ks)]
         rows = [run(f"{name} K = {k}", sampler, n, k, eta) for name, sampler, eta, ks in plan for k in ks if k <= n]
         rows += [run(f"dpmpp_2m bf16 K = {k}", "dpmpp_2m", n, k, 0.0, "bf16") for k in args.bf16_ks if k <= n]
-        rows += [run(f"dpmpp_2m bf16 at t >= {t} K = {k}", "dpmpp_2m", n, k, 0.0, f"bf16>={t}", t)
+        rows += [run(f"dpmpp_2m bf16 at t >= {t} K = {k}", "dpmpp_2m", n, k, 0.0, "bf16", t)
                  for t in args.bf16_above for k in args.bf16_ks if k <= n]
         if args.ddim_eta0:
             rows.append(run(f"DDIM eta 0, grid {s.grid}", "ddim", n, None, 0.0))

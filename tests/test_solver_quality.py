@@ -69,8 +69,8 @@ def test_paired_bootstrap_interval_is_zero_for_a_copy_and_positive_for_a_shifted
 def test_saved_rows_are_read_back_only_with_the_same_settings(tmp_path, capsys):
     sq = _script()
     images = [np.full((4, 4, 3), i, dtype=np.uint8) for i in range(3)]
-    settings = {"sampler": "unipc", "timesteps": [400, 200, 0], "keys": ["a", "b", "c"], "eta": 0.0}
-    path = tmp_path / "rows" / "N400 unipc K = 3.npz"
+    settings = {"sampler": "dpmpp_2m", "timesteps": [400, 200, 0], "keys": ["a", "b", "c"], "eta": 0.0}
+    path = tmp_path / "rows" / "N400 dpmpp_2m K = 3.npz"
     assert sq.load_row(path, settings) == (None, None)
     sq.save_row(path, settings, images, 0.25)
     back, seconds = sq.load_row(path, dict(settings))
