@@ -44,7 +44,8 @@ class MaskConfig:
     ``kind``: a :data:`~datapipe.masks.MASK_GENERATORS` name; ``mixed`` (default) draws a kind
     with probabilities proportional to ``params.weights`` (official: irregular / box /
     outpainting, 1/3 each), any other name uses ``params.<kind>`` alone. ``params``: every
-    generator's parameters, defaulting to the official LaMa training settings (SPEC §5.4).
+    generator's parameters, defaulting to the official LaMa training settings
+    (docs/method.md#mask-generators).
     ``ref_size``: the image side the pixel parameters are meant for (256: FFHQ-256); on other
     sizes stroke lengths/widths, box sizes and margin are scaled by min(H, W) / ref_size
     (None = take them as given). Box sizes and margin are then clipped so that a box fits the
@@ -211,7 +212,8 @@ class HQImages(Dataset):
 
 
 class BlindPairs(Dataset):
-    """(LQ, HQ) pairs made on the fly by the blind degradation (SPEC §6.1): ``{'lq', 'hq', 'index'}``."""
+    """(LQ, HQ) pairs made on the fly by the blind degradation
+    (docs/method.md#training-degradation): ``{'lq', 'hq', 'index'}``."""
 
     def __init__(self, images: HQImages, degradation: BlindDegradation):
         self.images, self.degradation = images, degradation
@@ -330,7 +332,8 @@ def mask_generator(cfg: MaskConfig):
 
 
 class InpaintingImages(Dataset):
-    """HQ images with random masks (official ``InpaintingDataSet``, SPEC §5.4):
+    """HQ images with random masks (official ``InpaintingDataSet``,
+    docs/method.md#training-the-lama-estimator):
     ``{'lq': hq * (1 - mask), 'mask': (1, H, W) {0, 1}, 'hq', 'index'}``; the hole pixels of lq
     are exactly 0. The mask is drawn from the sample's generator (after the optional flip), with
     the generator fitted to the image size (:func:`fit_mask_generator`)."""

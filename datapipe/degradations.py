@@ -6,9 +6,11 @@ and rounding do not care about the channel order; JPEG does (OpenCV encodes BGR)
 :func:`jpeg` is told the order with ``bgr=`` and returns the same order it was given; greyscale
 conversion in :class:`BlindDegradation` assumes RGB (the code's convention).
 
-* :func:`face_test_degradation` - the deterministic CelebA-Test degradation (SPEC §6.2);
+* :func:`face_test_degradation` - the deterministic CelebA-Test degradation
+  (docs/method.md#celeba-test-degradation);
   reproduces the official outputs (``fixtures/official/degradation.pt``).
-* :class:`BlindDegradation` - the random training degradation of the estimator (SPEC §6.1).
+* :class:`BlindDegradation` - the random training degradation of the estimator
+  (docs/method.md#training-degradation).
 * :func:`celeba_test_grid` - the 4000 parameter combinations of the journal test set.
 
 All randomness of the training degradation comes from a ``numpy.random.Generator`` passed in
@@ -134,7 +136,7 @@ def to_gray3(img: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------
-# CelebA-Test degradation (SPEC §6.2)
+# CelebA-Test degradation (docs/method.md#celeba-test-degradation)
 # --------------------------------------------------------------------------------------------
 
 
@@ -212,7 +214,7 @@ def celeba_test_grid(seed: int = 10000) -> List[FaceTestParams]:
 
 
 # --------------------------------------------------------------------------------------------
-# Blind training degradation (SPEC §6.1)
+# Blind training degradation (docs/method.md#training-degradation)
 # --------------------------------------------------------------------------------------------
 
 KERNEL_TYPES = ("iso", "aniso")
@@ -268,7 +270,7 @@ def _check_range(name: str, rng_range, low: float, high: float = math.inf) -> No
 
 
 class BlindDegradation:
-    """Random synthetic degradation for training the estimator (SPEC §6.1).
+    """Random synthetic degradation for training the estimator (docs/method.md#training-degradation).
 
     flip -> blur (iso/aniso Gaussian) -> bilinear down by a random scale -> Gaussian noise ->
     JPEG (int quality) -> bilinear up -> optional greyscale (GT too if ``gt_gray``) ->

@@ -1,4 +1,5 @@
-"""Whole-image face handling: detect -> five landmarks -> align -> paste back (SPEC §2.9).
+"""Whole-image face handling: detect -> five landmarks -> align -> paste back
+(docs/method.md#whole-image-pipeline).
 
 Images here are numpy arrays, HxWx3 uint8 **RGB** (conversions from files live in
 ``datapipe/image_io.py``). Points are (x, y) in pixel-index coordinates: pixel (i, j) has its

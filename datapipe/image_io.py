@@ -4,14 +4,20 @@ Inside the code an image is a ``torch.float32`` tensor, RGB, values in ``[0, 1]`
 ``(3, H, W)`` (or ``(B, 3, H, W)`` for a batch). Everything else - BGR, uint8, uint16, grey,
 alpha, EXIF orientation, file formats - is converted here and nowhere else (DESIGN.md §3).
 
-Reading rules (SPEC §2.4, with the official bugs fixed):
+Reading rules (docs/method.md#image-reading, with the official bugs fixed):
 
 * 8-bit images are divided by 255, 16-bit images by 65535 (the official code divided by 255).
 * Grey images are replicated to three channels.
-* An alpha channel is dropped with a warning naming the file (no compositing).
+* An alpha channel is dropped (no compositing), with a warning naming the file when some pixel
+  is not fully opaque (checked at 8-bit precision); a fully opaque alpha channel goes unmentioned.
 * The EXIF orientation tag is applied (JPEG, PNG, TIFF, WebP), as image viewers do.
 * Missing, unreadable, empty, truncated and non-image files raise :class:`ImageReadError`
   whose message names the file and the reason.
+* Truncation is found before decoding, from the bytes alone: a JPEG without its end marker, a
+  PNG whose chunks stop before IEND, a WebP shorter than its RIFF header says, and a JPEG or PNG
+  whose compressed data is too short for the size its header states (a JPEG spends at least
+  one bit per 8x8 block, deflate compresses at most 1032:1). Such a file is never decoded: a
+  1.6 KB JPEG claiming 6000x6000 px would otherwise decode to 36 megapixels of grey.
 * With ``max_pixels``, the size is read from the file header and a larger image (e.g. a
   decompression bomb: a small PNG of 16000x16000 px) is refused before it is decoded.
 * A GIF gives its first frame; an animated one with a warning saying how many frames it has.

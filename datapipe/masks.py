@@ -9,12 +9,12 @@ A mask marks the **hole** (unknown pixels) with 1 and known pixels with 0. Two l
   tensors in {0, 1}, beside ``(3, H, W)`` RGB [0, 1] images (DESIGN.md §3).
   :func:`mask_to_tensor` converts the first into the second.
 
-Generators (SPEC §5.4) are dataclasses whose fields are their parameters, defaulting to the
+Generators are dataclasses whose fields are their parameters, defaulting to the
 official training settings (``iter_i`` ramp disabled, i.e. coefficient 1); calling one with
 ``(height, width, rng)`` draws a mask from the ``numpy.random.Generator`` it is given. The
 official code used NumPy's global state, so its draws cannot be reproduced bit for bit; the
 distributions and the order of the draws are the same. :data:`MASK_GENERATORS` maps the config
-names to the classes.
+names to the classes. The official settings: docs/method.md#mask-generators.
 """
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ class IrregularMaskGenerator:
 
     Number of strokes uniform in {min_times .. max_times + 1}: with the ramp coefficient 1 the
     official code passes ``min_times + 1 + (max_times - min_times)`` as the inclusive maximum
-    (SPEC §5.4: {1..6} for the defaults). Each stroke starts at a uniform pixel and has
+    ({1..6} for the defaults). Each stroke starts at a uniform pixel and has
     1 + randint(5) segments; segment angle ``0.01 + randint(max_angle)`` rad, mirrored to
     ``2*pi - angle`` for even stroke index; length ``10 + randint(max_len)``; brush width
     ``5 + randint(max_width)``; end point truncated to int and clipped to [0, W] x [0, H];
@@ -307,13 +307,14 @@ def _check_image(img: torch.Tensor) -> None:
 
 
 def detect_black_holes(img: torch.Tensor) -> torch.Tensor:
-    """Official DifFace hole detection (SPEC §5.3): hole where R + G + B == 0 exactly.
+    """Official DifFace hole detection: hole where R + G + B == 0 exactly
+    (docs/method.md#hole-detection).
 
     Args:
         img: (3, H, W) or (B, 3, H, W) float tensor, RGB, [0, 1] (before any normalisation).
     Returns:
         (1, H, W) or (B, 1, H, W) float32 mask, 1 = hole. Genuinely black pixels become holes
-        too, and JPEG-compressed holes are not found (SPEC §2.12 item 8): prefer a mask file.
+        too, and JPEG-compressed holes are not found: prefer a mask file.
     """
     _check_image(img)
     return (img.sum(dim=-3, keepdim=True) == 0).to(torch.float32)

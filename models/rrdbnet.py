@@ -1,4 +1,5 @@
-"""Real-ESRGAN's RRDBNet (background upsampler of the whole-image pipeline, SPEC §2.9 step 5).
+"""Real-ESRGAN's RRDBNet: background upsampler of the whole-image pipeline
+(docs/method.md#whole-image-pipeline).
 
 Parameter names follow BasicSR's ``RRDBNet`` so that the released ``RealESRGAN_x2plus.pth`` and
 ``RealESRGAN_x4plus.pth`` (key ``params_ema``) load strictly:

@@ -1,4 +1,4 @@
-"""SwinIR (Liang et al. 2021), the "diffused estimator" f of DifFace (SPEC §4.1-4.2).
+"""SwinIR (Liang et al. 2021), the "diffused estimator" f of DifFace (docs/method.md#swinir-estimator).
 
 `SwinIR(y) -> x0_hat`: an image-to-image network; it knows nothing about diffusion.
 Parameter and buffer names follow the official class exactly, so the released weights load

@@ -3,7 +3,7 @@
 `UNetModel(x_t, t) -> tensor` knows nothing about diffusion: it maps a noisy image and the base
 timestep to the raw network output (for the released models 6 channels: eps-hat then the
 variance logits v). Parameter names, shapes and order equal the official ones, so the released
-checkpoints load with `strict=True` (SPEC §3.3-3.4).
+checkpoints load with `strict=True` (docs/method.md#unet-prior).
 
 DifFace deviations from upstream improved-diffusion that are reproduced here:
   * `attention_resolutions` are absolute feature-map side lengths (a counter starts at

@@ -1,4 +1,5 @@
-"""Build the face-inpainting test set (SPEC §5.5, official ``scripts/prepare_testing_inpainting.py``).
+"""Build the face-inpainting test set (docs/method.md#inpainting-test-set; official
+``scripts/prepare_testing_inpainting.py``).
 
     python scripts/make_inpainting_test_set.py --hq-dir celeba_test/hq --out-dir inpainting256
 

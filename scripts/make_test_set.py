@@ -1,4 +1,5 @@
-"""Synthesise the CelebA-Test set (SPEC §6.2) exactly as the official script does.
+"""Synthesise the CelebA-Test set exactly as the official script does
+(docs/method.md#celeba-test-degradation).
 
     python scripts/make_test_set.py -i CelebA-HQ/test -o data/celeba_test [--size 512] [--max-images N]
 

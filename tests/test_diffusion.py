@@ -13,7 +13,7 @@ BASE = DiffusionSchedule.from_name("linear", 1000)
 
 
 def test_reference_values_of_the_official_schedule():
-    # SPEC §2.7: abar at the steps the official restoration/inpainting use.
+    # docs/method.md#diffusion-schedule: abar at the steps the official restoration/inpainting use.
     expected = {400: 0.193572, 396: 0.199923, 480: 0.094869, 476: 0.098613, 401: 0.192006, 397: 0.198322}
     for step, value in expected.items():
         assert BASE.alpha_bar(step) == pytest.approx(value, abs=1e-6)
@@ -33,7 +33,7 @@ def test_respacing_semantics():
 
 
 def test_default_schedule_is_the_official_one():
-    # Noised to 400, first call at 396, 100 evaluations (SPEC §2.5 Q1).
+    # Noised to 400, first call at 396, 100 evaluations (docs/method.md#start-index-off-by-one).
     steps = sampling_timesteps(400, 1000)
     assert steps[0] == 396 and steps[-1] == 0 and len(steps) == 100
     assert sampling_timesteps(480, 1000)[:2] == [476, 472] and len(sampling_timesteps(480, 1000)) == 120

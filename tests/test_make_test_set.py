@@ -1,4 +1,5 @@
-"""scripts/make_test_set.py replays the official CelebA-Test synthesis (SPEC §6.2) bit for bit:
+"""scripts/make_test_set.py replays the official CelebA-Test synthesis
+(docs/method.md#celeba-test-degradation) bit for bit:
 the ``random.seed(10000); random.choice`` sig_y stream and one sequential legacy ``np.random``
 noise stream on BGR images, computed here by the official procedure step by step."""
 import csv
@@ -26,7 +27,7 @@ def _run(*args: str) -> int:
 
 
 def official_lq(hq_paths: list[Path]) -> tuple[list[np.ndarray], list[int]]:
-    """prepare_testing_restoration.py as SPEC §6.2 describes it, for the first len(hq_paths) images."""
+    """prepare_testing_restoration.py step by step, for the first len(hq_paths) images."""
     random.seed(10000)
     np.random.seed(10000)
     out, sig_ys = [], []

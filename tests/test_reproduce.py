@@ -25,7 +25,7 @@ def test_curves_are_written_and_contract(tmp_path):
     assert len(rows) == 1000
     kappa = np.array([float(r["kappa_N"]) for r in rows])
     alpha = np.array([float(r["alpha_N"]) for r in rows])
-    assert abs(alpha[400] - 0.193572 ** 0.5) < 1e-6  # sqrt(abar_400), SPEC §2.7
+    assert abs(alpha[400] - 0.193572 ** 0.5) < 1e-6  # sqrt(abar_400), docs/method.md#diffusion-schedule
     assert (np.diff(kappa) < 0).all() and (kappa[1:] < alpha[1:]).all()
 
 

@@ -72,8 +72,8 @@ def lq_input(batch: dict) -> torch.Tensor:
 
 
 def masked_input(batch: dict) -> torch.Tensor:
-    """The inpainting estimator's input (LaMa, SPEC §5.2): concat(lq with zeros in the hole,
-    mask), (B, 4, H, W); lq RGB [0, 1], mask {0, 1} with 1 = hole."""
+    """The inpainting estimator's input (LaMa, docs/method.md#lama-estimator):
+    concat(lq with zeros in the hole, mask), (B, 4, H, W); lq RGB [0, 1], mask {0, 1} with 1 = hole."""
     return torch.cat([batch["lq"], batch["mask"].to(batch["lq"].dtype)], dim=1)
 
 
@@ -106,7 +106,8 @@ class PixelLoss:
 
 def weighted_l1(estimate: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
                 hole_weight: float) -> torch.Tensor:
-    """sum(w |estimate - target|) / sum(w), w = hole_weight in the hole and 1 outside (SPEC §5.4),
+    """sum(w |estimate - target|) / sum(w), w = hole_weight in the hole and 1 outside
+    (docs/method.md#training-the-lama-estimator),
     summed over every element: the per-pixel weight counts once per channel, so hole_weight 1
     gives the plain mean L1.
 
@@ -119,7 +120,8 @@ def weighted_l1(estimate: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
 
 
 class WeightedL1:
-    """Inpainting estimator objective (official ``TrainerInpainting``, SPEC §5.4): the network
+    """Inpainting estimator objective (official ``TrainerInpainting``,
+    docs/method.md#training-the-lama-estimator): the network
     sees concat(lq, mask) and the loss is :func:`weighted_l1`. Image grids (LQ / estimate / HQ)
     and validation scores are the l1 objective's, on the same input."""
 
@@ -141,7 +143,8 @@ class WeightedL1:
 
 
 class HybridDiffusionLoss:
-    """Prior objective: x0 = 2 hq - 1, t ~ U{0..T-1}, hybrid eps-MSE + VLB (SPEC §3.2)."""
+    """Prior objective: x0 = 2 hq - 1, t ~ U{0..T-1}, hybrid eps-MSE + VLB
+    (docs/method.md#training-the-prior)."""
 
     inputs = ("hq",)
 
