@@ -13,11 +13,8 @@ Reading rules (docs/method.md#image-reading, with the official bugs fixed):
 * The EXIF orientation tag is applied (JPEG, PNG, TIFF, WebP), as image viewers do.
 * Missing, unreadable, empty, truncated and non-image files raise :class:`ImageReadError`
   whose message names the file and the reason.
-* Truncation is found before decoding, from the bytes alone: a JPEG without its end marker, a
-  PNG whose chunks stop before IEND, a WebP shorter than its RIFF header says, and a JPEG or PNG
-  whose compressed data is too short for the size its header states (a JPEG spends at least
-  one bit per 8x8 block, deflate compresses at most 1032:1). Such a file is never decoded: a
-  1.6 KB JPEG claiming 6000x6000 px would otherwise decode to 36 megapixels of grey.
+* A truncated file is found from its bytes (:mod:`datapipe.image_bytes`) and never decoded:
+  a 1.6 KB JPEG claiming 6000x6000 px would otherwise decode to 36 megapixels of grey.
 * With ``max_pixels``, the size is read from the file header and a larger image (e.g. a
   decompression bomb: a small PNG of 16000x16000 px) is refused before it is decoded.
 * A GIF gives its first frame; an animated one with a warning saying how many frames it has.
@@ -27,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import re
 import warnings
 from pathlib import Path
 from typing import Union
@@ -36,6 +32,8 @@ import cv2
 import numpy as np
 import torch
 from PIL import Image
+
+from .image_bytes import header_size, image_size, sniff_format, truncation  # noqa: F401 (image_size: re-exported)
 
 PathLike = Union[str, os.PathLike]
 
@@ -46,17 +44,6 @@ GREY_TOLERANCE = 3 / 255  # largest channel spread of an image that counts as gr
 # Decode with OpenCV keeping 16-bit samples; OpenCV applies the EXIF orientation and drops
 # alpha for these flags (IMREAD_UNCHANGED would skip the orientation).
 _DECODE_FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
-
-# Leading bytes of the formats we read, for clear error messages.
-_SIGNATURES = {
-    b"\x89PNG\r\n\x1a\n": "PNG",
-    b"\xff\xd8\xff": "JPEG",
-    b"BM": "BMP",
-    b"II*\x00": "TIFF",
-    b"MM\x00*": "TIFF",
-    b"GIF87a": "GIF",
-    b"GIF89a": "GIF",
-}
 
 
 class ImageReadError(Exception):
@@ -103,67 +90,22 @@ def _read_bytes(path: Path) -> bytes:
     return data
 
 
-def _sniff_format(data: bytes) -> str | None:
-    """Format name from the leading bytes, or None when it is not a format we know."""
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "WebP"
-    for magic, name in _SIGNATURES.items():
-        if data.startswith(magic):
-            return name
-    return None
-
-
-def _jpeg_is_truncated(data: bytes) -> bool:
-    """True when the JPEG has no end-of-image marker after its last start-of-scan marker.
-
-    Entropy-coded data cannot contain 0xFFD9 / 0xFFDA (0xFF bytes are stuffed), so an EOI
-    after the last SOS means the final scan is complete. An EOI of an EXIF thumbnail sits
-    before the main SOS and does not count.
-    """
-    return data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda")
-
-
-def _has_alpha(data: bytes) -> bool:
-    """Whether the encoded image carries an alpha channel or palette transparency (header only)."""
+def _alpha_in_use(data: bytes, img: np.ndarray) -> bool:
+    """Whether some pixel is not fully opaque: the decoded alpha channel of ``img`` (HxWx2 or
+    HxWx4) if OpenCV kept one, else the file's alpha or palette transparency as PIL reads it
+    (8-bit precision). False when there is no alpha or PIL does not know the format."""
+    if img.shape[2] in (2, 4):
+        alpha = img[:, :, -1]
+        return bool(alpha.min() < (1.0 if alpha.dtype == np.float32 else np.iinfo(alpha.dtype).max))
     try:
         with Image.open(io.BytesIO(data)) as im:
-            return "A" in im.getbands() or "transparency" in im.info
+            if "A" in im.getbands():
+                return im.getchannel("A").getextrema()[0] < 255
+            if "transparency" in im.info:
+                return im.convert("RGBA").getchannel("A").getextrema()[0] < 255
     except Exception:  # PIL may not know a format OpenCV decodes; then we cannot tell.
-        return False
-
-
-def header_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from the encoded image's header, without decoding; None if unknown."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as im:
-                return im.size
-    except Image.DecompressionBombError as err:  # PIL refuses to even open it: far above any limit
-        if data.startswith(b"\x89PNG\r\n\x1a\n") and data[12:16] == b"IHDR":
-            return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-        found = re.search(r"\((\d+) pixels\)", str(err))
-        return (int(found[1]), 1) if found else (2 ** 31, 1)
-    except Exception:  # PIL may not know a format OpenCV decodes; then we cannot tell.
-        return None
-
-
-def image_size(path: PathLike) -> tuple[int, int] | None:
-    """(width, height) of an image file from its header (nothing decoded); None if unknown.
-
-    The first 64 KiB hold the header of most files; WebP, TIFFs with their directory at the end
-    and JPEGs with large ICC profiles need the whole file (still not decoded)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(1 << 16)
-            if not head:
-                return None
-            size = header_size(head)
-            if size is None and len(head) == 1 << 16:
-                size = header_size(head + f.read())
-            return size
-    except OSError:
-        return None
+        pass
+    return False
 
 
 def _check_pixels(path: Path, data: bytes, max_pixels: float | None) -> None:
@@ -197,10 +139,10 @@ def _decode(path: PathLike, max_pixels: float | None = None) -> np.ndarray:
     """
     path = Path(path)
     data = _read_bytes(path)
-    fmt = _sniff_format(data)
+    fmt = sniff_format(data)
+    if reason := truncation(data, fmt):
+        raise ImageReadError(path, f"{reason}; not decoded")
     _check_pixels(path, data, max_pixels)
-    if fmt == "JPEG" and _jpeg_is_truncated(data):
-        raise ImageReadError(path, "truncated JPEG data (no end-of-image marker)")
     if fmt == "GIF":
         return _decode_gif(path, data)
     img = cv2.imdecode(np.frombuffer(data, np.uint8), _DECODE_FLAGS)
@@ -212,8 +154,9 @@ def _decode(path: PathLike, max_pixels: float | None = None) -> np.ndarray:
         raise ImageReadError(path, f"unsupported sample type {img.dtype} (use 8- or 16-bit images)")
     if img.ndim == 2:
         img = img[:, :, None]
-    if img.shape[2] in (2, 4) or _has_alpha(data):
-        warnings.warn(f"image '{path}' has an alpha channel; it is dropped", stacklevel=3)
+    if _alpha_in_use(data, img):
+        warnings.warn(f"image '{path}' has transparent pixels; the alpha channel is dropped (no compositing)",
+                      stacklevel=3)
     img = img[:, :, :1] if img.shape[2] == 2 else img[:, :, :3]
     if img.shape[2] == 1:
         img = np.repeat(img, 3, axis=2)

@@ -53,9 +53,43 @@ def test_read_rgba_drops_alpha_with_warning(tmp_path):
     rgba = np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 7, np.uint8)], axis=2)
     path = tmp_path / "alpha.png"
     Image.fromarray(rgba, "RGBA").save(path)
-    with pytest.warns(UserWarning, match="alpha.png"):
+    with pytest.warns(UserWarning, match="alpha.png.*transparent"):
         img = io_.read_image(path)
     np.testing.assert_array_equal(io_.tensor_to_uint8(img), rgb)
+
+
+def _warnings_of(path):
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        io_.read_image(path)
+    return [str(w.message) for w in caught]
+
+
+def test_alpha_warning_only_when_some_pixel_is_not_opaque(tmp_path):
+    """An opaque alpha channel (saved by many editors) is dropped silently; one translucent
+    pixel, in RGBA, grey+alpha, 16-bit or palette transparency, is reported."""
+    rgb = _rgb()
+    opaque = np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 255, np.uint8)], axis=2)
+    Image.fromarray(opaque, "RGBA").save(tmp_path / "opaque.png")
+    Image.fromarray(np.stack([rgb[:, :, 0], np.full(rgb.shape[:2], 255, np.uint8)], 2), "LA").save(
+        tmp_path / "opaque_la.png")
+    opaque16 = np.full((8, 8, 4), 65535, np.uint16)
+    _cv2_write(tmp_path / "opaque16.png", opaque16)
+    palette = Image.fromarray(np.zeros((8, 8), np.uint8), "P")
+    palette.putpalette([0, 0, 0, 255, 0, 0] * 128)
+    palette.save(tmp_path / "palette_unused.png", transparency=1)  # index 1 is transparent, never used
+    for name in ("opaque.png", "opaque_la.png", "opaque16.png", "palette_unused.png"):
+        assert _warnings_of(tmp_path / name) == [], name
+
+    opaque[3, 4, 3] = 254
+    Image.fromarray(opaque, "RGBA").save(tmp_path / "one.png")
+    opaque16[2, 2, 3] = 0
+    _cv2_write(tmp_path / "one16.png", opaque16)
+    palette.save(tmp_path / "palette_used.png", transparency=0)
+    for name in ("one.png", "one16.png", "palette_used.png"):
+        found = _warnings_of(tmp_path / name)
+        assert len(found) == 1 and name in found[0] and "alpha channel is dropped" in found[0], name
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))
@@ -77,7 +111,7 @@ def test_read_applies_exif_orientation(tmp_path, orientation):
 @pytest.mark.parametrize("content, reason", [
     (b"", "empty"),
     (b"hello, I am a text file\n", "not an image"),
-    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "corrupt or truncated PNG"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "truncated PNG data: the file ends inside its IHDR chunk"),
 ])
 def test_bad_files_raise_clear_errors(tmp_path, content, reason):
     path = tmp_path / "bad.png"
@@ -87,13 +121,63 @@ def test_bad_files_raise_clear_errors(tmp_path, content, reason):
     assert "bad.png" in str(info.value)
 
 
-@pytest.mark.parametrize("ext, reason", [(".png", "corrupt or truncated PNG"), (".jpg", "truncated JPEG")])
+@pytest.mark.parametrize("ext, reason", [(".png", "truncated PNG"), (".jpg", "truncated JPEG"),
+                                         (".webp", "truncated WebP")])
 def test_truncated_files(tmp_path, ext, reason):
     ok, encoded = cv2.imencode(ext, _rgb(64, 64))
     path = tmp_path / f"cut{ext}"
     path.write_bytes(encoded.tobytes()[: len(encoded) // 2])
     with pytest.raises(io_.ImageReadError, match=reason):
         io_.read_image(path)
+
+
+def _claiming(ext: str, side: int) -> bytes:
+    """A complete, well-formed small file whose header says side x side: a JPEG closed by its
+    end marker (libjpeg decodes it, warning 'premature end of data segment'), a PNG with a valid
+    header CRC and an IEND chunk."""
+    import zlib
+    data = bytearray(cv2.imencode(ext, _rgb(32, 32))[1].tobytes())
+    if ext == ".jpg":
+        sof = data.find(b"\xff\xc0")
+        data[sof + 5:sof + 9] = side.to_bytes(2, "big") * 2
+    else:
+        data[16:24] = side.to_bytes(4, "big") * 2
+        data[29:33] = zlib.crc32(bytes(data[12:29])).to_bytes(4, "big")
+    return bytes(data)
+
+
+@pytest.mark.parametrize("ext", [".jpg", ".png"])
+def test_a_header_claiming_more_than_the_data_holds_is_truncated_and_not_decoded(tmp_path, monkeypatch, ext):
+    """A few KB claiming 6000x6000 px is refused from its bytes, before any decoder runs."""
+    path = tmp_path / f"claims{ext}"
+    path.write_bytes(_claiming(ext, 6000))
+    assert path.stat().st_size < 8000
+    monkeypatch.setattr(io_.cv2, "imdecode", lambda *a: pytest.fail("decoded"))
+    for read in (io_.read_image, io_.read_image_uint8_bgr):
+        with pytest.raises(io_.ImageReadError, match=r"truncated .*6000x6000") as info:
+            read(path)
+        assert f"claims{ext}" in str(info.value) and "not decoded" in str(info.value)
+
+
+def test_a_png_without_iend_is_truncated(tmp_path):
+    data = cv2.imencode(".png", _rgb(16, 16))[1].tobytes()
+    assert data.endswith(b"IEND\xaeB`\x82")
+    (tmp_path / "no_end.png").write_bytes(data[:-12])
+    with pytest.raises(io_.ImageReadError, match="no_end.png.*truncated PNG data: the file ends before its IEND"):
+        io_.read_image(tmp_path / "no_end.png")
+
+
+@pytest.mark.parametrize("ext, options", [
+    (".jpg", {"quality": 1, "optimize": True}), (".jpg", {"quality": 1, "optimize": True, "progressive": True}),
+    (".jpg", {"quality": 100, "subsampling": 0, "optimize": True}), (".png", {"optimize": True}),
+])
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+def test_the_size_bounds_pass_the_most_compressible_images(tmp_path, ext, options, mode):
+    """Flat black images with optimised Huffman tables / maximal deflate come closest to the
+    bounds (a PNG within 7 %); they must still read."""
+    path = tmp_path / f"black{ext}"
+    Image.new(mode, (2000, 1200)).save(path, **options)
+    assert io_.read_image(path).shape == (3, 1200, 2000)
 
 
 def test_missing_and_directory(tmp_path):
