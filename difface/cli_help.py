@@ -7,9 +7,8 @@ each inference preset's own defaults, read from its YAML.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-PRESET_DIR = Path(__file__).resolve().parent / "configs" / "inference"
+from .presets import preset_paths
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -44,7 +43,7 @@ def preset_table() -> str:
     """Each preset's own defaults, read from its YAML (what --start-step etc. default to)."""
     import yaml
     lines = ["presets (--cfg NAME) and their defaults:"]
-    for path in sorted(PRESET_DIR.glob("*.yaml")):
+    for path in preset_paths():
         try:
             cfg = yaml.safe_load(path.read_text()) or {}
         except (OSError, yaml.YAMLError):

@@ -17,15 +17,15 @@ import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from . import DiffusionConfig, NetworkConfig, build_network
-from .checkpoint import REGISTRY, WeightsError, describe_missing, find_weights, load_weights, resolve_weights
-from .diffusion import DiffusionSchedule
-from .difface import DTYPES, STARTS_AT_N, DifFace, known_pixel_correction, sampling_timesteps
-from .runtime import configure_backends, prepare_network
-from .samplers import SAMPLERS
+from models import DiffusionConfig, NetworkConfig, build_network
+from models.checkpoint import REGISTRY, WeightsError, describe_missing, find_weights, load_weights, resolve_weights
+from models.diffusion import DiffusionSchedule
+from models.difface import DTYPES, STARTS_AT_N, DifFace, known_pixel_correction, sampling_timesteps
+from models.runtime import configure_backends, prepare_network
+from models.samplers import SAMPLERS
 
-REPO_DIR = Path(__file__).resolve().parents[1]
-PRESET_DIR = REPO_DIR / "configs" / "inference"
+from .presets import bundled_file, preset_dir, preset_paths
+
 TASKS = ("restoration", "inpainting")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
@@ -44,7 +44,7 @@ class SamplingConfig:
 
 @dataclass
 class InpaintingConfig:
-    """Data-consistency correction of each predicted x0 (SPEC §2.5)."""
+    """Data-consistency correction of each predicted x0 (docs/method.md#known-pixel-correction)."""
 
     gamma: float = 0.5
     num_update: int = 1
@@ -94,10 +94,10 @@ def find_preset(name_or_path: str) -> Path:
     path = Path(name_or_path).expanduser()
     if path.is_file():
         return path
-    preset = PRESET_DIR / f"{name_or_path}.yaml"
+    preset = preset_dir() / f"{name_or_path}.yaml"
     if preset.is_file():
         return preset
-    names = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+    names = [p.stem for p in preset_paths()]
     raise ConfigError(f"config {name_or_path!r} is neither a file nor a preset; presets: {', '.join(names)}")
 
 
@@ -234,8 +234,8 @@ def _local_weights(spec: NetworkConfig, weights_dir) -> Path | None:
     path = Path(spec.weights).expanduser()
     if path.is_file():
         return path
-    bundled = REPO_DIR / spec.weights  # bundled files (weights/demo/...) work from any folder
-    if bundled.is_file():
+    bundled = bundled_file(spec.weights)  # bundled files (weights/demo/...) work from any folder
+    if bundled is not None:
         return bundled
     if spec.weights not in REGISTRY:
         return resolve_weights(spec.weights, weights_dir, download=False)  # raises, naming the value
@@ -281,17 +281,23 @@ def _build(spec: NetworkConfig, weights: Path, device: torch.device, channels_la
     return prepare_network(net.eval().to(device), device, channels_last, compile)
 
 
-def build_difface(cfg: InferenceConfig, device: torch.device, weights_dir: str | os.PathLike | None = None,
-                  download: bool = True, dtype: str | None = None) -> DifFace:
-    """Build the networks of `cfg`, load their weights and wrap them in the method.
-
-    `dtype` overrides `cfg.dtype` (e.g. the result of :func:`pick_dtype`)."""
+def build_networks(cfg: InferenceConfig, device: torch.device, weights_dir: str | os.PathLike | None = None,
+                   download: bool = True) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The estimator and the prior of `cfg`, with their weights, frozen, on `device`."""
     # Find (or fetch) both weight files before building anything large.
     paths = locate_weights(cfg, weights_dir, download)
     configure_backends(device)
     estimator = _build(cfg.estimator, paths[0], device, cfg.channels_last, cfg.compile)
     prior = _build(cfg.prior, paths[1], device, cfg.channels_last, cfg.compile)
-    return make_difface(cfg, estimator, prior, dtype)
+    return estimator, prior
+
+
+def build_difface(cfg: InferenceConfig, device: torch.device, weights_dir: str | os.PathLike | None = None,
+                  download: bool = True, dtype: str | None = None) -> DifFace:
+    """Build the networks of `cfg`, load their weights and wrap them in the method.
+
+    `dtype` overrides `cfg.dtype` (e.g. the result of :func:`pick_dtype`)."""
+    return make_difface(cfg, *build_networks(cfg, device, weights_dir, download), dtype)
 
 
 def make_difface(cfg: InferenceConfig, estimator, prior, dtype: str | None = None) -> DifFace:

@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models import build_network  # noqa: E402
 from models.difface import DTYPES, DifFace  # noqa: E402
 from models.diffusion import DiffusionSchedule  # noqa: E402
-from models.pipeline import ConfigError, load_config, pick_device, pick_dtype  # noqa: E402
+from difface.pipeline import ConfigError, load_config, pick_device, pick_dtype  # noqa: E402
 from models.runtime import configure_backends, prepare_network  # noqa: E402
 
 MODES = ("fp32", "bf16", "fp16", "compile")

@@ -31,10 +31,11 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     from models.checkpoint import REGISTRY, WeightsError, default_weights_dir, load_weights, resolve_weights
-    from models.pipeline import PRESET_DIR, ConfigError, load_config, locate_weights
+    from difface.pipeline import ConfigError, load_config, locate_weights
+    from difface.presets import preset_paths
     from models.rrdbnet import realesrgan
 
-    names = sorted(f.stem for f in PRESET_DIR.glob("*.yaml")) if args.all else [args.preset]
+    names = [f.stem for f in preset_paths()] if args.all else [args.preset]
     print(f"weights folder: {Path(args.weights_dir or default_weights_dir()).absolute()}", file=sys.stderr)
     failed = 0
     for name in names:

@@ -14,10 +14,9 @@ import argparse
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from difface import cli
 
-import inference  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def main(argv=None) -> int:
@@ -26,7 +25,7 @@ def main(argv=None) -> int:
     args, extra = p.parse_known_args(argv)
     runs = [[str(REPO / "examples" / "faces"), str(args.out / "faces"), "--aligned", "--save-estimate"],
             [str(REPO / "examples" / "photos"), str(args.out / "photos"), "--save-faces"]]
-    codes = [inference.main(["-i", src, "-o", out, "--cfg", "demo", *flags, *extra]) for src, out, *flags in runs]
+    codes = [cli.main(["-i", src, "-o", out, "--cfg", "demo", *flags, *extra]) for src, out, *flags in runs]
     print(f"results in {args.out}/faces (aligned faces, estimates/ holds the estimator's output) "
           f"and {args.out}/photos/restored_image", file=sys.stderr)
     return max(codes)

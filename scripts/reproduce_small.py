@@ -54,7 +54,7 @@ from datapipe.image_io import (ImageReadError, hwc_to_tensor, list_images, read_
 from models import build_network  # noqa: E402
 from models.checkpoint import WeightsError, load_weights, resolve_weights  # noqa: E402
 from models.difface import DifFace, image_generator, resize, sampling_timesteps  # noqa: E402
-from models.pipeline import DEVICES, ConfigError, build_difface, load_config, pick_device  # noqa: E402
+from difface.pipeline import DEVICES, ConfigError, build_difface, load_config, pick_device  # noqa: E402
 
 PARTS = {1: "trade-off", 2: "robustness", 3: "diversity", 4: "steps"}
 DEFAULT_MILD = "weights/demo/estimator_mild.safetensors"

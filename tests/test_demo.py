@@ -7,7 +7,7 @@ from pathlib import Path
 from safetensors.torch import load_file
 
 from datapipe.image_io import read_image
-from models.pipeline import load_config
+from difface.pipeline import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import inference
+from difface import cli as inference
 from datapipe.image_io import write_image
 from datapipe.jobs import plan_jobs
 from datapipe.shards import Rank, collect, merge, report

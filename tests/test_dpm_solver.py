@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-import inference
+from difface import cli as inference
 from datapipe.image_io import write_image
 from models.diffusion import DiffusionSchedule
 from models.difface import DifFace, sampling_timesteps
@@ -149,7 +149,7 @@ def test_cli_sampler_dpmpp_2m_with_steps(tiny_cfg, tmp_path, capsys):
 
 def test_config_validation_follows_the_solver_start_at_n(tiny_cfg):
     """dpmpp_2m evaluates at N itself, so N = 5 allows 6 steps (5..0); DDIM's official start does not."""
-    from models.pipeline import ConfigError, load_config
+    from difface.pipeline import ConfigError, load_config
     cfg = load_config(str(tiny_cfg), ["sampling.sampler=dpmpp_2m", "sampling.start_step=5", "sampling.steps=6"])
     assert cfg.sampling.steps == 6
     with pytest.raises(ConfigError, match="sampling"):

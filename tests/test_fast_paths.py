@@ -169,7 +169,7 @@ def test_low_precision_from_step_runs_only_the_noisier_prior_steps_in_bf16():
 
 
 def test_low_precision_from_step_reaches_the_method_from_the_config(tiny_cfg):
-    from models.pipeline import ConfigError, load_config, make_difface
+    from difface.pipeline import ConfigError, load_config, make_difface
     cfg = load_config(str(tiny_cfg), ["dtype=bf16", "low_precision_from_step=200"])
     assert make_difface(cfg, None, None).low_precision_from_step == 200
     assert make_difface(load_config(str(tiny_cfg)), None, None).low_precision_from_step is None
@@ -180,8 +180,8 @@ def test_low_precision_from_step_reaches_the_method_from_the_config(tiny_cfg):
 def test_cli_says_which_steps_run_in_reduced_precision(tiny_cfg, tmp_path, capsys, monkeypatch):
     import numpy as np
 
-    import inference
-    import models.pipeline as pipeline
+    from difface import cli as inference
+    import difface.pipeline as pipeline
     from datapipe.image_io import write_image
     monkeypatch.setattr(pipeline, "_cpu_has_bf16", lambda: True)
     write_image(tmp_path / "in" / "a.png", np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8))
@@ -221,7 +221,7 @@ def test_benchmark_prints_the_side_by_side_table(tiny_cfg, capsys):
 def test_benchmark_end_to_end_runs_the_preset_precision_and_fp32(tiny_cfg, tmp_path, capsys, monkeypatch):
     import yaml
 
-    import models.pipeline as pipeline
+    import difface.pipeline as pipeline
     monkeypatch.setattr(pipeline, "_cpu_has_bf16", lambda: True)
     fast = tmp_path / "fast.yaml"
     fast.write_text(yaml.safe_dump({**yaml.safe_load(tiny_cfg.read_text()), "dtype": "bf16",

@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-import inference
+from difface import cli as inference
 from datapipe.image_io import write_image
 from models import build_network
 
@@ -206,15 +206,17 @@ def test_whole_photo_limits_and_missing_detector(tiny_cfg, tmp_path, capsys):
         assert "facexlib" in capsys.readouterr().err
 
 
-def test_face_detector_is_built_once_per_settings_and_thread():
+def test_face_detector_is_built_once_per_restorer_and_thread(tiny_cfg):
     import threading
-    args = inference.parse_args(["-i", "in", "-o", "out"])
-    first = inference.face_detector(args)
-    assert inference.face_detector(args) is first  # the web demo's next request reuses it
-    other = inference.parse_args(["-i", "in", "-o", "out", "--det-threshold", "0.5"])
-    assert inference.face_detector(other) is not first and inference.face_detector(other).score_threshold == 0.5
+
+    import difface
+    restorer = difface.Restorer(str(tiny_cfg), device="cpu")
+    first = restorer.face_detector()
+    assert restorer.face_detector() is first  # the web demo's next request reuses it
+    other = difface.Restorer(str(tiny_cfg), device="cpu", det_threshold=0.5)
+    assert other.face_detector() is not first and other.face_detector().score_threshold == 0.5
     seen = []
-    worker = threading.Thread(target=lambda: seen.append(inference.face_detector(args)))
+    worker = threading.Thread(target=lambda: seen.append(restorer.face_detector()))
     worker.start()
     worker.join()
     assert seen and seen[0] is not first  # dlib's models are not shared between threads

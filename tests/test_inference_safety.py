@@ -67,8 +67,8 @@ def test_an_input_is_never_an_output(tiny_cfg, tmp_path, capsys, aligned):
 
 
 def test_unwritable_output_is_found_before_any_model_is_built(tmp_path, capsys, monkeypatch):
-    import models.pipeline
-    monkeypatch.setattr(models.pipeline, "build_difface", lambda *a, **k: pytest.fail("model built"))
+    import difface.pipeline
+    monkeypatch.setattr(difface.pipeline, "build_networks", lambda *a, **k: pytest.fail("model built"))
     src = _faces(tmp_path / "in", ["a.png"])
     (tmp_path / "file").write_text("x")
     assert _run("-i", src, "-o", tmp_path / "file" / "out", "--aligned", "--cfg", "demo") == 2
@@ -172,7 +172,7 @@ def test_half_precision_on_cpu_falls_back_and_says_so(tiny_cfg, tmp_path, capsys
                 "--dtype", "fp16") == 0
     err = capsys.readouterr().err
     assert "running in fp32" in err and "(fp32)" in err
-    import models.pipeline as pipeline
+    import difface.pipeline as pipeline
     monkeypatch.setattr(pipeline, "_cpu_has_bf16", lambda: False)
     assert pipeline.pick_dtype("bf16", torch.device("cpu"))[0] == "fp32"
     monkeypatch.setattr(pipeline, "_cpu_has_bf16", lambda: True)
@@ -184,7 +184,7 @@ def test_half_precision_on_cpu_falls_back_and_says_so(tiny_cfg, tmp_path, capsys
 
 
 def test_cpu_bf16_flag_is_read_from_cpuinfo(tmp_path, monkeypatch):
-    import models.pipeline as pipeline
+    import difface.pipeline as pipeline
     monkeypatch.setattr(torch._C, "_cpu", None, raising=False)
     info = tmp_path / "cpuinfo"
     info.write_text("flags\t\t: fpu avx2 avx512f\n")
@@ -222,14 +222,13 @@ def test_ext_and_save_cmp(tiny_cfg, tmp_path):
 
 
 def test_estimate_is_computed_once_per_face(tiny_cfg):
-    import inference
-    from models.pipeline import build_difface, load_config
-    cfg = load_config(str(tiny_cfg), ["num_samples=3", "batch_size=2"])
-    method = build_difface(cfg, torch.device("cpu"))
+    import difface
+    restorer = difface.Restorer(str(tiny_cfg), device="cpu", overrides=["num_samples=3", "batch_size=2"])
+    method = restorer.method
     calls, estimator = [], method.estimator
     method.estimator = lambda y: calls.append(len(y)) or estimator(y)
     crops = torch.rand(3, 3, 32, 32)
-    samples, estimates = inference.restore_crops(method, cfg, crops, ["a", "b", "c"], torch.device("cpu"))
+    samples, estimates = restorer.restore_crops(method, crops, ["a", "b", "c"], restorer.cfg.seed, 3)
     assert calls == [2, 1], "one estimator call per batch, not per sample"
     assert len(samples) == 3 and not torch.equal(samples[0], samples[1])
     method.estimator = estimator
@@ -238,13 +237,13 @@ def test_estimate_is_computed_once_per_face(tiny_cfg):
     # alone from its own (seed, name, k) generator, to float rounding (another summation order).
     for j, key in enumerate("abc"):
         for k in range(3):
-            alone = method.restore(crops[j:j + 1], generator=[image_generator(cfg.seed, key, k)])
+            alone = method.restore(crops[j:j + 1], generator=[image_generator(restorer.cfg.seed, key, k)])
             assert (alone.sample[0] - samples[k][j]).abs().max() < 1e-5, (key, k)
 
 
 def test_console_entry_point_is_declared():
     text = (REPO / "setup.py").read_text()
-    assert '"difface = inference:main"' in text or "'difface = inference:main'" in text
+    assert '"difface = difface.cli:main"' in text
 
 
 def test_plan_rejects_unknown_extension(tmp_path):

@@ -1,0 +1,376 @@
+"""The command line: `difface -i INPUT -o OUT_DIR [options]` (or `python inference.py ...`).
+
+The default model is the paper's (`difface_ffhq512`), its weights fetched on first use into the
+weights folder (`--weights-dir`, else $DIFFACE_WEIGHTS, else ~/.cache/difface).
+Aligned face crops (`--aligned`, FFHQ framing): every image gives `OUT/<stem>.png` (several
+samples: `<stem>_s<k>.png`) of the input's size. Whole photos (default): faces are detected,
+aligned, restored and pasted back onto an upscaled background, `OUT/restored_image/<stem>.png`.
+A JSON manifest records the run. Bad files are reported by name and skipped; the exit code is
+1 when any file failed, 2 for a usage error. torch is imported only once the arguments are valid.
+Under `torchrun` each process takes a share of the inputs (`datapipe.shards`) and rank 0 writes
+the one manifest.
+
+This module parses arguments, plans the files (`datapipe.jobs`) and writes them; the restoring is
+`difface.Restorer`'s.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import threading
+import time
+import warnings
+from pathlib import Path
+
+from datapipe.limits import MAX_DOWNSCALE
+
+from .cli_help import HelpFormatter, at_least, positive, preset_table
+
+DEFAULT_CFG = "difface_ffhq512"  # the paper's model; the bundled demonstration: --cfg demo
+INPAINT_CFG = "inpaint_ffhq256"
+
+
+# --------------------------------------------------------------------------------------------
+# Command line (no torch here: --help and argument errors answer at once)
+# --------------------------------------------------------------------------------------------
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description="Blind face restoration with DifFace (diffused error contraction).",
+        formatter_class=HelpFormatter, epilog=preset_table())
+    p.add_argument("-i", "--input", required=True, help="an image file or a folder of images")
+    p.add_argument("-o", "--output", required=True, help="output folder (created if needed)")
+    p.add_argument("--aligned", action="store_true",
+                   help="inputs are aligned face crops in the FFHQ convention (eyes and mouth where FFHQ's "
+                        "crops have them, any square size); without it, whole photos")
+    p.add_argument("--recursive", action="store_true", help="also read sub-folders, mirrored in the output")
+    p.add_argument("--cfg", default=None,
+                   help=f"a preset (below) or a YAML file (default: {DEFAULT_CFG}, the paper's model; "
+                        f"{INPAINT_CFG} with --task inpainting)")
+    p.add_argument("--task", choices=("restoration", "inpainting"), default=None,
+                   help="restoration, or inpainting of masked aligned faces (default: the config's task)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. sampling.eta=1.0")
+    g = p.add_argument_group("sampling (default: the preset's value, see below)")
+    g.add_argument("--start-step", type=at_least(0), metavar="N",
+                   help="base step (of 1000) the estimate is diffused to; 0 = the estimator alone")
+    g.add_argument("--steps", type=at_least(1), help="number of network evaluations from N down to 0")
+    g.add_argument("--textbook-start", action="store_true",
+                   help="first network call at N itself (the official code starts one grid point lower)")
+    g.add_argument("--eta", type=float, help="noise scale of ddim and dpmpp_2m_sde (0 = deterministic; 1 = DDPM-like)")
+    g.add_argument("--sampler", metavar="NAME",
+                   help="reverse-process sampler: ddim, ddpm, dpmpp_2m (few steps: with --steps K), "
+                        "dpmpp_2m_sde (the registry of models/samplers.py)")
+    g.add_argument("--num-samples", type=at_least(1), help="restorations per input, from different noise")
+    g.add_argument("--seed", type=int, help="random seed (each image gets its own stream)")
+    r = p.add_argument_group("running")
+    r.add_argument("--batch-size", type=at_least(1), help="faces restored together")
+    r.add_argument("--device", metavar="NAME", help="auto, cpu, cuda or mps")
+    r.add_argument("--dtype", metavar="NAME",
+                   help="network precision fp32, fp16 or bf16 (falls back to fp32 where it would be slow)")
+    r.add_argument("--weights-dir", default=None,
+                   help="where weight files are looked up and downloaded to (else $DIFFACE_WEIGHTS, else "
+                        "$XDG_CACHE_HOME/difface or ~/.cache/difface; the repository's weights/ is also searched)")
+    r.add_argument("--compile", action="store_const", const=True, default=None,
+                   help="torch.compile the networks (long warm-up; for many faces, mainly on CUDA)")
+    r.add_argument("--no-download", dest="download", action="store_false", help="never download missing weights")
+    r.add_argument("--max-pixels", type=positive, default=40_000_000,
+                   help="larger images are refused from their header, before decoding")
+    r.add_argument("--rank-timeout", type=positive, default=120.0,
+                   help="under torchrun: seconds rank 0 waits for a silent rank before marking its files failed")
+    w = p.add_argument_group("whole photos (without --aligned)")
+    w.add_argument("--detector", default="hog", choices=("hog", "cnn", "retinaface"),
+                   help="face detector: dlib HOG or CNN (offline), or RetinaFace (needs facexlib)")
+    w.add_argument("--det-threshold", type=float, default=None,
+                   help="detector score threshold (hog -0.3, cnn 0.0, retinaface 0.8)")
+    w.add_argument("--min-face-size", type=float, default=16.0, help="smaller faces (px) are skipped")
+    w.add_argument("--only-center-face", action="store_true", help="restore only the face nearest the centre")
+    w.add_argument("--allow-downscale", action="store_true",
+                   help=f"also restore faces larger than {MAX_DOWNSCALE}x the model size (they lose detail); "
+                        "by default they are left as they are and reported")
+    w.add_argument("-s", "--upscale", type=at_least(1), default=2, help="output size factor of the whole photo")
+    w.add_argument("--bg-upsampler", default="lanczos", choices=("lanczos", "realesrgan"),
+                   help="background upsampling")
+    w.add_argument("--bg-weights", default=None,
+                   help="Real-ESRGAN weights: a file or RealESRGAN_x2plus / RealESRGAN_x4plus")
+    w.add_argument("--bg-tile", type=at_least(0), default=400, help="Real-ESRGAN tile size in pixels (0 = no tiling)")
+    w.add_argument("--draw-box", action="store_true", help="outline each restored face in green")
+    w.add_argument("--save-faces", action="store_true",
+                   help="also write the aligned LQ crops and restored crops of every face")
+    m = p.add_argument_group("inpainting masks (with --task inpainting)")
+    m.add_argument("--mask", default=None, metavar="DIR",
+                   help="folder of mask files matched by name (white = hole); default: holes found in the image")
+    m.add_argument("--mask-style", choices=("black", "white"), default="black",
+                   help="holes in the image itself: exactly black pixels (official) or white scribbles")
+    o = p.add_argument_group("outputs")
+    o.add_argument("--ext", choices=("auto", "png", "jpg"), default="png",
+                   help="output format; auto = jpg for JPEG inputs, png otherwise")
+    o.add_argument("--save-cmp", action="store_true", help="also write input | restored side by side to OUT/cmp/")
+    o.add_argument("--save-estimate", action="store_true",
+                   help="also write the estimator output f(y) to OUT/estimates/ (aligned faces)")
+    o.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    o.add_argument("--dry-run", action="store_true",
+                   help="print the resolved config and the planned files; run nothing")
+    return p.parse_args(argv)
+
+
+def resolve_config(args: argparse.Namespace):
+    """The config with the CLI's explicit options applied as overrides."""
+    from .pipeline import load_config
+
+    flags = {"sampling.start_step": args.start_step, "sampling.steps": args.steps,
+             "sampling.eta": args.eta, "sampling.sampler": args.sampler,
+             "num_samples": args.num_samples, "seed": args.seed, "batch_size": args.batch_size,
+             "device": args.device, "dtype": args.dtype, "compile": args.compile,
+             "sampling.official_start": False if args.textbook_start else None, "task": args.task}
+    overrides = list(args.overrides) + [f"{k}={v}" for k, v in flags.items() if v is not None]
+    name = args.cfg or (INPAINT_CFG if args.task == "inpainting" else DEFAULT_CFG)
+    return load_config(name, overrides)
+
+
+# --------------------------------------------------------------------------------------------
+# Running: read each planned file, hand it to the Restorer, write what it returns
+# --------------------------------------------------------------------------------------------
+
+def log(msg: str) -> None:
+    from tqdm import tqdm
+    tqdm.write(msg, file=sys.stderr)
+
+
+def fail(job, error: str) -> None:
+    job.record.update(status="failed", error=error)
+    log(f"error: {error}")
+
+
+def relayed(fn, *args, **kwargs):
+    """Call `fn`, logging the warnings it raises (unreadable metadata, alpha dropped, ...)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            for w in caught:
+                log(f"warning: {w.message}")
+
+
+def write_all(job, images: list, estimate=None, cmp=None) -> bool:
+    """Write a job's outputs (HxWx3 uint8 RGB arrays); False (job failed) when a write fails."""
+    from datapipe.image_io import ImageWriteError, write_image
+    try:
+        for path, image in zip(job.outputs, images):
+            write_image(path, image)
+        for path, image in ((job.estimate, estimate), (job.cmp, cmp)):
+            if path is not None and image is not None:
+                write_image(path, image)
+        return True
+    except ImageWriteError as e:
+        fail(job, str(e))
+        return False
+
+
+def run_aligned(restorer, jobs, bar, args) -> None:
+    """Aligned crops, `batch_size` at a time (see `Restorer.restore_aligned`)."""
+    import numpy as np
+
+    from datapipe.image_io import image_size
+    from datapipe.masks import MaskError, find_mask
+
+    from .restorer import InputError
+    cfg = restorer.cfg
+    sizes = [image_size(job.source) for job in jobs]
+    sizes = [wh if wh and wh[0] * wh[1] <= args.max_pixels else None for wh in sizes]  # too large: refused
+    if note := restorer.framing.downscale_warning(sizes, MAX_DOWNSCALE, cfg.name):
+        log(f"warning: {note}")
+    for i in range(0, len(jobs), cfg.batch_size):
+        batch = []
+        for job in jobs[i:i + cfg.batch_size]:
+            try:
+                mask = find_mask(job.source, Path(args.mask)) if args.mask and cfg.task == "inpainting" else None
+                item = relayed(restorer.prepare_aligned, job.source, job.key, mask, args.mask_style)
+            except (InputError, MaskError) as e:
+                job.record.update(_size_of(job.source))
+                fail(job, str(e))
+                continue
+            job.record.update(item.info)
+            batch.append((job, item))
+        if batch:
+            start = time.perf_counter()
+            results = restorer.restore_aligned([item for _, item in batch])
+            seconds = (time.perf_counter() - start) / len(batch)
+            for (job, _), res in zip(batch, results):
+                cmp = np.concatenate([res.input, res.image], axis=1) if job.cmp else None
+                if write_all(job, res.samples, res.estimate if job.estimate else None, cmp):
+                    job.record.update(status="done", seconds=round(seconds, 3))
+        bar.update(len(jobs[i:i + cfg.batch_size]))
+
+
+def _size_of(path: Path) -> dict:
+    """The manifest's size entry of an input that failed, where its header tells it."""
+    from datapipe.image_io import image_size
+    wh = image_size(path)
+    return {"size": list(wh)} if wh else {}
+
+
+def run_photos(restorer, jobs, bar, args) -> None:
+    """Whole photos: detect, align, restore, paste back; a photo without a face is only upscaled.
+
+    The faces of consecutive photos share a batch: photos are prepared (detected, aligned) until
+    `batch_size` faces or photos wait, then their faces are restored together and each photo is
+    finished and written. Every face has its own generator, so the files equal photo-by-photo runs.
+    """
+    from datapipe.photos import side_by_side
+
+    from .restorer import InputError, final_image
+    cfg = restorer.cfg
+    out = Path(args.output)
+    waiting = []  # (job, seconds so far, PhotoInput)
+
+    def flush() -> None:
+        start = time.perf_counter()
+        results = restorer.finish_photos([p for *_, p in waiting])
+        share = (time.perf_counter() - start) / max(1, sum(p.num_faces for *_, p in waiting))
+        for (job, seconds, photo_input), res in zip(waiting, results):
+            began = time.perf_counter()
+            cmp = final_image(side_by_side(res.input, res.image), photo_input.grey) if job.cmp is not None else None
+            if write_all(job, res.samples, cmp=cmp):
+                if args.save_faces:
+                    save_faces(out, job, res.photo, cfg.num_samples)
+                seconds += share * photo_input.num_faces + time.perf_counter() - began
+                found = res.photo.faces or res.photo.kept
+                job.record.update(status="done" if found else "no face", seconds=round(seconds, 3),
+                                  **res.photo.manifest())
+                log(f"{job.source}: {res.photo.describe(cfg.image_size)}")
+            bar.update(1)
+        waiting.clear()
+
+    for job in jobs:
+        start = time.perf_counter()
+        try:
+            photo_input = relayed(restorer.prepare_photo, job.source, job.key, upscale=args.upscale,
+                                  only_center_face=args.only_center_face, allow_downscale=args.allow_downscale,
+                                  draw_box=args.draw_box)
+        except InputError as e:
+            job.record.update(_size_of(job.source))
+            fail(job, str(e))
+            bar.update(1)
+            continue
+        job.record.update(photo_input.info)
+        waiting.append((job, time.perf_counter() - start, photo_input))
+        if sum(p.num_faces for *_, p in waiting) >= cfg.batch_size or len(waiting) >= cfg.batch_size:
+            flush()
+    flush()
+
+
+def save_faces(out: Path, job, result, num_samples: int) -> None:
+    """LQ crops to OUT/cropped_faces, restored crops to OUT/restored_faces, as <stem>_<k>.png."""
+    from datapipe.image_io import write_image
+    from datapipe.jobs import sample_names, with_ext
+    for k, crop in enumerate(result.crops):
+        write_image(out / "cropped_faces" / with_ext(job.stem.with_name(f"{job.stem.name}_{k:02d}"), ".png"), crop)
+        for s, path in enumerate(sample_names(job.stem, num_samples, f"_{k:02d}")):
+            write_image(out / "restored_faces" / path, result.restored[s][k])
+
+
+def build_restorer(cfg, args):
+    """The Restorer of a run, on this process's device (cuda:LOCAL_RANK under torchrun)."""
+    from datapipe.shards import Rank
+
+    from .pipeline import pick_device
+    from .restorer import Restorer
+    device = Rank.from_env().device(pick_device(cfg.device))
+    return Restorer(cfg, device, weights_dir=args.weights_dir, download=args.download, detector=args.detector,
+                    det_threshold=args.det_threshold, min_face_size=args.min_face_size,
+                    bg_upsampler=args.bg_upsampler, bg_weights=args.bg_weights, bg_tile=args.bg_tile,
+                    max_pixels=args.max_pixels)
+
+
+def run(cfg, jobs, args) -> dict:
+    """Build the model once, stream the inputs, return the run summary."""
+    from tqdm import tqdm
+    restorer = build_restorer(cfg, args)
+    for note in restorer.notes:
+        log(f"warning: {note}")
+    log(restorer.describe())
+    timesteps = restorer.method.timesteps
+    log(f"{len(timesteps)} network evaluations per face, first at step {timesteps[0]}"
+        if timesteps else "N = 0: the estimator's output alone, no diffusion steps")
+    out = Path(args.output)
+    todo = []
+    for job in jobs:
+        job.record.update(**job.paths(out), seed=cfg.seed, aligned=args.aligned)
+        if not args.overwrite and all(p.exists() for p in job.outputs):
+            job.record["status"] = "skipped"
+            log(f"skipped {job.source}: outputs exist (use --overwrite to replace them)")
+        else:
+            todo.append(job)
+    with tqdm(total=len(todo), desc="faces" if args.aligned else "photos", file=sys.stderr) as bar:
+        if args.aligned:
+            run_aligned(restorer, todo, bar, args)
+        else:
+            run_photos(restorer, todo, bar, args)
+    return summarise(jobs)
+
+
+def summarise(jobs) -> dict:
+    counts = {s: sum(j.record.get("status") == s for j in jobs) for s in ("done", "no face", "skipped", "failed")}
+    done = [j.record["seconds"] for j in jobs if j.record.get("status") in ("done", "no face")]
+    counts["seconds_per_image"] = round(sum(done) / len(done), 3) if done else None
+    return counts
+
+
+def write_manifest(out: Path, cfg, jobs, summary: dict) -> Path:
+    """A JSON record of the run: resolved config, versions, and one entry per input."""
+    import torch
+    from omegaconf import OmegaConf
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"manifest_{time.strftime('%Y%m%d-%H%M%S')}.json"
+    manifest = {"config": OmegaConf.to_container(cfg, resolve=True), "summary": summary,
+                "versions": {"python": platform.python_version(), "torch": torch.__version__},
+                "images": [j.record for j in jobs]}
+    path.write_text(json.dumps(manifest, indent=2))
+    return path
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from omegaconf import OmegaConf
+
+    from datapipe.jobs import PlanError, check_writable, plan_jobs
+    from datapipe.shards import run_sharded
+    from models.checkpoint import WeightsError, default_weights_dir
+    from .pipeline import ConfigError
+    try:
+        cfg = resolve_config(args)
+        if not args.aligned and cfg.task == "inpainting":
+            raise PlanError("inpainting works on aligned faces: pass --aligned")
+        src, out = Path(args.input).expanduser(), Path(args.output).expanduser()
+        jobs = plan_jobs(src, out, args.recursive, cfg.num_samples, args.save_estimate and args.aligned,
+                         subdir="" if args.aligned else "restored_image", ext=args.ext, save_cmp=args.save_cmp)
+        if not args.dry_run:
+            check_writable(out)
+    except (PlanError, ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print(OmegaConf.to_yaml(cfg))
+        print(f"# {len(jobs)} input(s); weights from {args.weights_dir or default_weights_dir()}")
+        for job in jobs:
+            print(f"{job.source} -> {', '.join(str(p) for p in job.outputs)}")
+        return 0
+    try:
+        summary = run_sharded(lambda share: run(cfg, share, args), jobs, out, summarise, args.rank_timeout)
+    except (WeightsError, ConfigError, ImportError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if summary is None:  # a rank other than 0 under torchrun: rank 0 writes the manifest
+        return 0
+    manifest = write_manifest(out, cfg, jobs, summary)
+    speed = f"; {summary['seconds_per_image']} s per image" if summary["seconds_per_image"] is not None else ""
+    print(f"done {summary['done']}, no face {summary['no face']}, skipped {summary['skipped']}, "
+          f"failed {summary['failed']}{speed}; manifest: {manifest}", file=sys.stderr)
+    return 1 if summary["failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

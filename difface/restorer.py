@@ -1,0 +1,404 @@
+"""The Python API: a `Restorer` built once from a preset, `restore()` for a face crop or a photo.
+
+    import difface
+    r = difface.Restorer("demo", device="cpu")
+    res = r.restore("face.png", aligned=True, seed=12345)
+    res.image      # H x W x 3 uint8 RGB, the pixels inference.py writes for a file of that name
+
+Every image has its own random stream, derived from (seed, name, sample index), so a result
+depends on neither batch size nor order; `name` plays the role the input's relative path plays on
+the command line. The command line (`difface.cli`), the web demo and the scripts are front ends
+over this module. Per-image problems raise `InputError`, naming the image and the reason.
+"""
+from __future__ import annotations
+
+import threading
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from datapipe.aligned import ModelFraming
+from datapipe.image_io import ImageReadError, is_grey, read_image, tensor_to_uint8, to_grey, uint8_to_tensor
+from datapipe.photos import PendingPhoto, PhotoResult, PhotoTooLarge, finish_photo, prepare_photo
+from models.difface import DifFace, image_generator, resize_mask
+
+from .pipeline import (ConfigError, InferenceConfig, build_networks, load_config, make_difface, pick_device,
+                       pick_dtype, validate)
+
+MIN_FACE_SIDE = 32  # smaller aligned inputs cannot hold a face worth restoring
+DEFAULT_MAX_PIXELS = 40_000_000
+
+Progress = Callable[[int, int], None]  # (evaluations done, evaluations per chain)
+
+
+class InputError(ValueError):
+    """An input image (or its mask) cannot be restored; the message names it and says why."""
+
+
+@dataclass
+class FaceResult:
+    """One face of a whole photo: where it was found (input-photo pixels) and its crops."""
+
+    box: list[float]                # x0, y0, x1, y1
+    landmarks: list[list[float]]    # five (x, y) points
+    score: float
+    crop: np.ndarray                # S x S x 3 uint8 RGB: the aligned input crop
+    restored: list[np.ndarray]      # per sample, S x S x 3 uint8 RGB
+
+
+@dataclass
+class Result:
+    """The restoration of one image. Images are H x W x 3 uint8 RGB numpy arrays, as written to files
+    (grey inputs give grey outputs)."""
+
+    samples: list[np.ndarray]
+    name: str
+    input: np.ndarray                # the input as read (whole photos: at the input's own size)
+    estimate: np.ndarray | None = None  # aligned faces: the estimator's output f(y) at the input size
+    faces: list[FaceResult] = field(default_factory=list)  # whole photos
+    photo: PhotoResult | None = None  # whole photos: everything found (kept, skipped, sizes)
+    info: dict = field(default_factory=dict)  # what the manifest records for this image
+
+    @property
+    def image(self) -> np.ndarray:
+        """The first (or only) sample."""
+        return self.samples[0]
+
+
+@dataclass
+class AlignedInput:
+    """An aligned crop ready for a batch: the image (3, H, W) [0, 1], its key, mask and model input."""
+
+    name: str
+    image: torch.Tensor
+    grey: bool
+    mask: torch.Tensor | None = None
+    model_input: torch.Tensor | None = None
+    affine: np.ndarray | None = None
+    info: dict = field(default_factory=dict)
+
+
+def _as_tensor(image, name: str, max_pixels: float | None) -> torch.Tensor:
+    """A path, an H x W x 3 uint8 RGB array or a (3, H, W) [0, 1] tensor -> (3, H, W) float32 RGB."""
+    if isinstance(image, (str, Path)):
+        try:
+            return read_image(image, max_pixels=max_pixels)
+        except ImageReadError as e:
+            raise InputError(str(e)) from None
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise InputError(f"{name}: expected an H x W x 3 uint8 RGB array, got {image.dtype} {image.shape}")
+        return uint8_to_tensor(image)
+    if isinstance(image, torch.Tensor) and image.ndim == 3 and image.shape[0] == 3:
+        return image.float()
+    raise InputError(f"{name}: expected an image path, an H x W x 3 uint8 array or a (3, H, W) tensor, "
+                     f"got {type(image).__name__}")
+
+
+def _default_name(image) -> str:
+    return Path(image).name if isinstance(image, (str, Path)) else "image"
+
+
+def final_image(image: torch.Tensor | np.ndarray, grey: bool) -> np.ndarray:
+    """An output image as it is written: uint8 RGB, made grey for a grey input."""
+    if not grey:
+        return image if isinstance(image, np.ndarray) else tensor_to_uint8(image)
+    return tensor_to_uint8(to_grey(uint8_to_tensor(image) if isinstance(image, np.ndarray) else image))
+
+
+class Restorer:
+    """DifFace built once from a preset (a name under configs/inference/ or a YAML path).
+
+    `device` 'auto' (CUDA, else MPS, else CPU), a name or a torch.device; `dtype` fp32, fp16 or
+    bf16 (None: the preset's); `overrides`: `key=value` config overrides, as on the command line.
+    Whole-photo settings: `detector` (hog, cnn, retinaface), `det_threshold`, `min_face_size`,
+    `bg_upsampler` (lanczos, realesrgan), `bg_weights`, `bg_tile`. `notes` lists what was changed
+    from what was asked (e.g. a precision without fast kernels on this device).
+    """
+
+    def __init__(self, cfg: str | InferenceConfig = "difface_ffhq512", device: str | torch.device = "auto",
+                 dtype: str | None = None, weights_dir: str | Path | None = None, download: bool = True,
+                 overrides: Sequence[str] = (), *, detector: str = "hog", det_threshold: float | None = None,
+                 min_face_size: float = 16.0, bg_upsampler: str = "lanczos", bg_weights: str | None = None,
+                 bg_tile: int = 400, max_pixels: float = DEFAULT_MAX_PIXELS):
+        if OmegaConf.is_config(cfg):  # an already loaded config (the command line's)
+            self.cfg = cfg
+        else:
+            extra = [f"device={device}"] if isinstance(device, str) else []
+            self.cfg = load_config(str(cfg), list(overrides) + extra)
+        if not isinstance(device, torch.device):
+            device = pick_device(str(device))
+        self.device = device
+        self.dtype, note = pick_dtype(dtype or self.cfg.dtype, self.device)
+        self.notes = [note] if note else []
+        self.weights_dir, self.download, self.max_pixels = weights_dir, download, max_pixels
+        self.estimator, self.prior = build_networks(self.cfg, self.device, weights_dir, download)
+        self.method = make_difface(self.cfg, self.estimator, self.prior, self.dtype)
+        self.framing = ModelFraming.of(self.cfg.image_size, self.cfg.face.template, self.cfg.face.template_size,
+                                       self.cfg.face.border_value, reframe=self.cfg.task != "inpainting")
+        self.photo_settings = dict(detector=detector, det_threshold=det_threshold, min_face_size=min_face_size,
+                                   bg_upsampler=bg_upsampler, bg_weights=bg_weights, bg_tile=bg_tile)
+        self._local = threading.local()  # dlib's detectors are not shared between threads
+        self._backgrounds: dict[str, Callable] = {}
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ settings
+
+    def describe(self) -> str:
+        """One line: model, device, precision and sampling settings."""
+        cfg = self.cfg
+        if self.dtype != "fp32" and cfg.low_precision_from_step is not None:
+            precision = f"{self.dtype} for the prior at t >= {cfg.low_precision_from_step}, else fp32"
+        else:
+            precision = self.dtype
+        return (f"DifFace: model '{cfg.name}' on {self.device} ({precision}); N={cfg.sampling.start_step}, "
+                f"eta={cfg.sampling.eta}, sampler={cfg.sampling.sampler}")
+
+    def sampling(self, start_step: int | None = None, steps: int | None = None, sampler: str | None = None,
+                 eta: float | None = None, progress: Progress | None = None) -> DifFace:
+        """The method with these sampling settings (None: the preset's) around the built networks.
+
+        `progress(done, total)` is called after every prior evaluation. Invalid settings raise
+        ConfigError naming the key.
+        """
+        changes = {k: v for k, v in dict(start_step=start_step, steps=steps, sampler=sampler, eta=eta).items()
+                   if v is not None}
+        cfg = self.cfg
+        if changes:
+            cfg = OmegaConf.merge(self.cfg, {"sampling": changes})
+            validate(cfg)
+        if not changes and progress is None:
+            return self.method
+        prior = self.prior
+        if progress is not None:
+            calls = [0]
+
+            def prior(x, t, _prior=self.prior):
+                out = _prior(x, t)
+                calls[0] += 1
+                total = max(1, len(method.timesteps))
+                progress((calls[0] - 1) % total + 1, total)
+                return out
+
+        method = make_difface(cfg, self.estimator, prior, self.dtype)
+        return method
+
+    # ------------------------------------------------------------------ one image
+
+    def restore(self, image, aligned: bool = False, *, seed: int | None = None, name: str | None = None,
+                num_samples: int | None = None, start_step: int | None = None, steps: int | None = None,
+                sampler: str | None = None, eta: float | None = None, mask=None, mask_style: str = "black",
+                upscale: int = 2, only_center_face: bool = False, allow_downscale: bool = False,
+                draw_box: bool = False, progress: Progress | None = None) -> Result:
+        """Restore one image: an aligned face crop (`aligned=True`) or a whole photo.
+
+        image: a path, an H x W x 3 uint8 RGB array or a (3, H, W) float tensor in [0, 1].
+        name: names the image's random stream (default: the file name, or 'image'); the same name,
+        seed and settings give the pixels the command line writes for an input of that relative path.
+        mask (inpainting presets): a mask file path or an H x W array (nonzero = hole); None finds the
+        holes in the image itself (`mask_style` 'black': exactly black pixels; 'white': scribbles).
+        Whole photos: `upscale`, `only_center_face`, `allow_downscale` (restore faces larger than
+        1.5x the model size too), `draw_box`.
+        """
+        name = name or _default_name(image)
+        method = self.sampling(start_step, steps, sampler, eta, progress)
+        seed = self.cfg.seed if seed is None else int(seed)
+        num_samples = self.cfg.num_samples if num_samples is None else int(num_samples)
+        if num_samples < 1:
+            raise ConfigError(f"num_samples must be >= 1, got {num_samples}")
+        if aligned:
+            item = self.prepare_aligned(image, name, mask, mask_style)
+            return self.restore_aligned([item], method, seed, num_samples)[0]
+        if self.cfg.task == "inpainting":
+            raise InputError("inpainting works on aligned faces: pass aligned=True")
+        pending = self.prepare_photo(image, name, upscale=upscale, only_center_face=only_center_face,
+                                     allow_downscale=allow_downscale, draw_box=draw_box)
+        return self.finish_photos([pending], method, seed, num_samples)[0]
+
+    # ------------------------------------------------------------------ batches of aligned crops
+
+    def prepare_aligned(self, image, name: str, mask=None, mask_style: str = "black") -> AlignedInput:
+        """Read and check an aligned crop (and its mask), and frame it for the model."""
+        from datapipe.masks import MaskError, check_mask, detect_black_holes, detect_white_scribbles, read_mask
+        img = _as_tensor(image, name, self.max_pixels)
+        h, w = img.shape[-2:]
+        item = AlignedInput(name, img, is_grey(img), info={"size": [w, h], "grey": is_grey(img)})
+        if min(h, w) < MIN_FACE_SIDE:
+            raise InputError(f"{name}: image is {w}x{h}, too small to be a face "
+                             f"(at least {MIN_FACE_SIDE}x{MIN_FACE_SIDE})")
+        if self.cfg.task == "inpainting":
+            try:
+                if isinstance(mask, (str, Path)):
+                    item.mask = read_mask(mask)
+                elif mask is not None:
+                    item.mask = torch.as_tensor(np.asarray(mask) > 0, dtype=torch.float32)[None]
+                elif mask_style == "white":
+                    item.mask = detect_white_scribbles(img)
+                else:
+                    item.mask = detect_black_holes(img)
+                item.info["hole_fraction"] = round(check_mask(item.mask, img.shape, name), 4)
+            except (MaskError, ImageReadError) as e:
+                raise InputError(str(e)) from None
+        item.model_input, item.affine = self.framing.to_model(img)
+        return item
+
+    def restore_aligned(self, items: Sequence[AlignedInput], method: DifFace | None = None,
+                        seed: int | None = None, num_samples: int | None = None) -> list[Result]:
+        """Restore prepared aligned crops together (in batches of the config's batch_size)."""
+        method = method or self.method
+        seed = self.cfg.seed if seed is None else seed
+        num_samples = self.cfg.num_samples if num_samples is None else num_samples
+        size = (self.cfg.image_size,) * 2
+        masks = None
+        if self.cfg.task == "inpainting":
+            masks = torch.stack([resize_mask(it.mask[None], size)[0] for it in items])
+        samples, estimates = self.restore_crops(method, torch.stack([it.model_input for it in items]),
+                                                [it.name for it in items], seed, num_samples, masks)
+        results = []
+        for n, it in enumerate(items):
+            outs = [self.framing.from_model(s[n], it.image, it.affine, it.mask) for s in samples]
+            estimate = self.framing.from_model(estimates[n], it.image, it.affine)
+            results.append(Result(samples=[final_image(o, it.grey) for o in outs], name=it.name,
+                                  input=final_image(it.image, it.grey), estimate=final_image(estimate, it.grey),
+                                  info=dict(it.info)))
+        return results
+
+    def restore_crops(self, method: DifFace, crops: torch.Tensor, keys: Sequence[str], seed: int,
+                      num_samples: int, masks: torch.Tensor | None = None):
+        """Restore (N, 3, S, S) model-size crops in batches; one generator per (seed, key, sample).
+
+        The estimate f(y) is computed once per face; the samples of a batch run together (a batch
+        of batch_size x num_samples chains), each from its own generator, so the result equals
+        sample-by-sample restoration. masks: (N, 1, S, S), 1 = hole, for inpainting.
+        Returns ([samples] each (N, 3, S, S) on the CPU, estimates (N, 3, S, S)).
+        """
+        batch_size, device = self.cfg.batch_size, self.device
+        samples = [[] for _ in range(num_samples)]
+        estimates = []
+
+        def repeat(t):  # sample-major: row k * n + j is sample k of face j
+            return None if t is None else t.repeat(num_samples, *[1] * (t.dim() - 1))
+
+        for i in range(0, len(crops), batch_size):
+            y = crops[i:i + batch_size].to(device)
+            mask = masks[i:i + batch_size].to(device) if masks is not None else None
+            batch_keys, n = keys[i:i + batch_size], len(y)
+            estimate = method.estimate_input(y, mask)
+            generators = [image_generator(seed, key, k) for k in range(num_samples) for key in batch_keys]
+            result = method.restore(repeat(y), generator=generators, mask=repeat(mask), estimate=repeat(estimate))
+            for k in range(num_samples):
+                samples[k].append(result.sample[k * n:(k + 1) * n].cpu())
+            estimates.append(result.estimate[:n].cpu())
+        return [torch.cat(s) for s in samples], torch.cat(estimates)
+
+    # ------------------------------------------------------------------ whole photos
+
+    def face_detector(self):
+        """The face detector of this Restorer's settings, one per thread (loading dlib's models
+        takes about 0.7 s; its detectors are not shared between threads)."""
+        from datapipe.faces import FaceDetector
+        if getattr(self._local, "detector", None) is None:
+            s = self.photo_settings
+            self._local.detector = FaceDetector(s["detector"], score_threshold=s["det_threshold"],
+                                                min_face_size=s["min_face_size"])
+        return self._local.detector
+
+    def background(self, upscale: int) -> Callable[[np.ndarray, int], np.ndarray]:
+        """`img, scale -> img` for the whole photo: Lanczos, or Real-ESRGAN (tiled), built once."""
+        from datapipe.photos import lanczos_background
+        s = self.photo_settings
+        if s["bg_upsampler"] == "lanczos":
+            return lanczos_background
+        name = s["bg_weights"] or ("RealESRGAN_x4plus" if upscale > 2 else "RealESRGAN_x2plus")
+        with self._lock:
+            if name not in self._backgrounds:
+                self._backgrounds[name] = self._realesrgan(name)
+            return self._backgrounds[name]
+
+    def _realesrgan(self, name: str):
+        from datapipe.faces import upscale_lanczos
+        from models.checkpoint import load_weights, resolve_weights
+        from models.rrdbnet import realesrgan, upscale_tiled
+        net_scale = 4 if "x4" in Path(name).name else 2
+        net = realesrgan(net_scale)
+        load_weights(net, resolve_weights(name, self.weights_dir, download=self.download))
+        net = net.eval().requires_grad_(False).to(self.device)
+        tile, device = self.photo_settings["bg_tile"], self.device
+
+        def upsample(img, scale):
+            up = upscale_tiled(net, uint8_to_tensor(img)[None].to(device), net_scale, tile=tile)[0]
+            out = tensor_to_uint8(up.cpu())
+            h, w = img.shape[:2]
+            return out if out.shape[:2] == (h * scale, w * scale) else upscale_lanczos(out, (h * scale) / out.shape[0])
+
+        return upsample
+
+    def prepare_photo(self, image, name: str, *, upscale: int = 2, only_center_face: bool = False,
+                      allow_downscale: bool = False, draw_box: bool = False) -> "PhotoInput":
+        """Read a photo, detect and align its faces and upscale its background (no network yet)."""
+        img = _as_tensor(image, name, self.max_pixels)
+        h, w = img.shape[-2:]
+        grey = is_grey(img)
+        photo = tensor_to_uint8(img)
+        cfg = self.cfg
+        try:
+            pending = prepare_photo(photo, self.face_detector(), name, face_size=cfg.image_size,
+                                    template=np.asarray(cfg.face.template, dtype=np.float32),
+                                    template_size=cfg.face.template_size, border_value=list(cfg.face.border_value),
+                                    upscale=upscale, background_fn=self.background(upscale), draw_box=draw_box,
+                                    max_pixels=int(self.max_pixels), allow_downscale=allow_downscale,
+                                    only_center_face=only_center_face)
+        except PhotoTooLarge as e:
+            raise InputError(f"{name}: {e}") from None
+        return PhotoInput(name, photo, grey, pending, {"size": [w, h], "grey": grey})
+
+    def finish_photos(self, photos: Sequence["PhotoInput"], method: DifFace | None = None,
+                      seed: int | None = None, num_samples: int | None = None) -> list[Result]:
+        """Restore the faces of prepared photos together and paste them back, one Result per photo."""
+        method = method or self.method
+        seed = self.cfg.seed if seed is None else seed
+        num_samples = self.cfg.num_samples if num_samples is None else num_samples
+        crops = [p.pending.crops for p in photos if p.pending.num_faces]
+        keys = [k for p in photos for k in p.pending.keys]
+        samples = self.restore_crops(method, torch.cat(crops), keys, seed, num_samples)[0] if crops else []
+        results, first = [], 0
+        for p in photos:
+            count = p.pending.num_faces
+            photo = finish_photo(p.pending, [s[first:first + count] for s in samples])
+            first += count
+            manifest = photo.manifest()
+            faces = [FaceResult(box=d["box"], landmarks=d["landmarks"], score=d["score"], crop=photo.crops[k],
+                                restored=[r[k] for r in photo.restored])
+                     for k, d in enumerate(manifest["faces"])]
+            images = photo.images if len(photo.images) == num_samples else photo.images * num_samples  # no face
+            results.append(Result(samples=[final_image(im, p.grey) for im in images], name=p.name, input=p.photo,
+                                  faces=faces, photo=photo, info={**p.info, **manifest}))
+        return results
+
+
+@dataclass
+class PhotoInput:
+    """A photo prepared by `Restorer.prepare_photo`: faces found and aligned, not restored yet."""
+
+    name: str
+    photo: np.ndarray   # H x W x 3 uint8 RGB as read
+    grey: bool
+    pending: PendingPhoto
+    info: dict
+
+    @property
+    def num_faces(self) -> int:
+        return self.pending.num_faces
+
+
+def warn_relay(fn, *args, **kwargs):
+    """Call `fn`, returning (its result, the messages of the warnings it raised)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = fn(*args, **kwargs)
+    return out, [str(w.message) for w in caught]
