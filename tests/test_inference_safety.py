@@ -195,7 +195,7 @@ def test_cpu_bf16_flag_is_read_from_cpuinfo(tmp_path, monkeypatch):
 
 
 def test_help_is_fast_without_torch_and_shows_real_defaults():
-    code = ("import sys, inference\n"
+    code = ("import sys\nfrom difface import cli as inference\n"
             "try:\n    inference.parse_args(['--help'])\nexcept SystemExit:\n    pass\n"
             "print('TORCH', 'torch' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
@@ -294,11 +294,11 @@ def test_summary_without_any_finished_image_prints_no_timing(tiny_cfg, tmp_path,
     assert "failed 1" in err and "None" not in err and "s per image" not in err
 
 
-def test_only_center_face_and_upscale_alias(tiny_cfg, tmp_path, shared_data):
+def test_only_center_face_and_upscale_alias(tiny_cfg, tmp_path, face_images):
     import shutil
     src = tmp_path / "in"
     src.mkdir()
-    shutil.copy(shared_data / "lq_whole" / "codeformer_whole_imgs" / "00.jpg", src)  # four people
+    shutil.copy(face_images / "lq_whole" / "codeformer_whole_imgs" / "00.jpg", src)  # four people
     out = tmp_path / "out"
     assert _run("-i", src, "-o", out, "--cfg", tiny_cfg, "--allow-downscale", "--only-center-face", "-s", 1,
                 "--save-cmp") == 0
