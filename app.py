@@ -1,9 +1,9 @@
 """Web demo of DifFace: `python app.py [--cfg NAME] [--host 127.0.0.1] [--port 7860] [--device auto]`.
 
-A Gradio page around the code of `inference.py`: the upload is planned as a one-file batch
-(`datapipe.jobs.plan_jobs`), restored by `inference.run_aligned` or `inference.run_photos`,
-and the files they write are shown. The networks are built once at start; the sampling
-settings of each request (start step, steps, sampler) make a new `DifFace` around them.
+A Gradio page over the library: one `difface.Restorer` is built at start, and each request calls
+its `restore()` with the page's settings (start step, steps, sampler, samples, seed, upscale);
+the images it returns are written to a fresh folder and shown. Errors are the library's
+exceptions, shown in the page.
 
 Serving strangers: one queue with a concurrency limit; uploads above `--max-file-mb` are refused
 by the server and images above `--max-pixels` from their header, before anything is decoded;
@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import contextlib
-import io
+import math
 import os
 import shutil
 import sys
@@ -28,16 +27,15 @@ import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-import inference  # noqa: E402
-from datapipe.image_io import image_size, read_image, tensor_to_uint8  # noqa: E402
-from datapipe.jobs import PlanError, plan_jobs  # noqa: E402
+from datapipe.image_io import image_size, write_image  # noqa: E402
+from datapipe.jobs import sample_names  # noqa: E402
+from difface.cli import DEFAULT_CFG  # noqa: E402
+from difface.pipeline import DEVICES, ConfigError  # noqa: E402
+from difface.restorer import DEFAULT_MAX_PIXELS, InputError, Restorer  # noqa: E402
 from models.checkpoint import WeightsError  # noqa: E402
-from models.difface import DifFace  # noqa: E402
-from models.pipeline import DEVICES, ConfigError, build_difface, make_difface, pick_device, pick_dtype  # noqa: E402
 from models.samplers import SAMPLERS  # noqa: E402
 
-CLI_DEFAULTS = inference.parse_args(["-i", "-", "-o", "-"])  # the demo follows the CLI's defaults
-MAX_SAMPLES, MAX_STEPS, MAX_UPSCALE = 4, 250, 4
+MAX_SAMPLES, MAX_STEPS, MAX_UPSCALE, DEFAULT_UPSCALE = 4, 250, 4, 2
 START_STEP_HELP = ("Start step N (of 1000): the estimate is diffused to step N and sampled back. "
                    "Small N keeps closer to the input (fidelity), large N lets the prior invent more (realism).")
 
@@ -47,12 +45,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 = every interface "
                    "(default: %(default)s)")
     p.add_argument("--port", type=int, default=7860, help="port to listen on (default: %(default)s)")
-    p.add_argument("--cfg", default=inference.DEFAULT_CFG,
+    p.add_argument("--cfg", default=DEFAULT_CFG,
                    help="model preset or YAML file, as inference.py's --cfg (default: %(default)s)")
     p.add_argument("--device", default="auto", choices=DEVICES, help="where to run (default: %(default)s)")
     p.add_argument("--weights-dir", default=None, help="where weight files are looked up, as inference.py")
     p.add_argument("--no-download", dest="download", action="store_false", help="never download missing weights")
-    p.add_argument("--max-pixels", type=float, default=CLI_DEFAULTS.max_pixels,
+    p.add_argument("--max-pixels", type=float, default=DEFAULT_MAX_PIXELS,
                    help="larger images are refused, from their header before decoding (default: %(default)g)")
     p.add_argument("--max-file-mb", type=float, default=20.0, help="larger uploads are refused (default: %(default)g)")
     p.add_argument("--concurrency", type=int, default=1,
@@ -99,51 +97,29 @@ def raw_image_upload(**kwargs) -> gr.Image:
     return image
 
 
-class Restorer:
+def _whole_number(value, what: str, low: int, high: int) -> int:
+    """A page setting as an int in [low, high]; anything else is an UploadError naming it."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise UploadError(f"{what} must be a number, got {value!r}") from None
+    if not math.isfinite(number) or number != int(number) or not low <= number <= high:
+        raise UploadError(f"{what} must be a whole number from {low} to {high}, got {value!r}")
+    return int(number)
+
+
+class Handler:
     """The model of the app, built once, and one restoration per request."""
 
     def __init__(self, opts: argparse.Namespace):
         self.opts = opts
-        self.cfg = self.resolve([])
-        self.device = pick_device(opts.device)
-        self.dtype, note = pick_dtype(self.cfg.dtype, self.device)
-        if note:
+        self.restorer = Restorer(opts.cfg, device=opts.device, weights_dir=opts.weights_dir, download=opts.download,
+                                 max_pixels=opts.max_pixels)
+        for note in self.restorer.notes:
             print(f"warning: {note}", file=sys.stderr)
-        self.base = build_difface(self.cfg, self.device, opts.weights_dir, opts.download, dtype=self.dtype)
+        self.cfg, self.device = self.restorer.cfg, self.restorer.device
         self.workdir = Path(tempfile.mkdtemp(prefix="difface-app-"))
         atexit.register(shutil.rmtree, self.workdir, True)
-
-    def cli_args(self, src: str, out: Path, extra: list[str]) -> argparse.Namespace:
-        """inference.py's own arguments for this request (the same parser, the same defaults)."""
-        argv = ["-i", src, "-o", str(out), "--cfg", str(self.opts.cfg), "--device", self.opts.device,
-                "--max-pixels", str(self.opts.max_pixels)] + extra
-        if self.opts.weights_dir:
-            argv += ["--weights-dir", self.opts.weights_dir]
-        try:
-            with contextlib.redirect_stderr(io.StringIO()) as err:
-                return inference.parse_args(argv)
-        except SystemExit:  # argparse refused a value; its last line says which
-            raise UploadError(err.getvalue().strip().splitlines()[-1].split("error: ", 1)[-1]) from None
-
-    def resolve(self, extra: list[str]):
-        return inference.resolve_config(self.cli_args("-", Path("-"), extra))
-
-    def method(self, cfg, progress) -> DifFace:
-        """A DifFace with the request's sampling settings around the shared networks.
-
-        The prior is wrapped to move the progress bar at every reverse step.
-        """
-        base, calls = self.base, [0]
-
-        def prior(x, t):
-            n = len(method.timesteps)
-            calls[0] += 1
-            done, rnd = (calls[0] - 1) % n + 1, (calls[0] - 1) // n + 1
-            progress((done, n), desc=f"reverse step {done}/{n}" + (f" (pass {rnd})" if rnd > 1 else ""))
-            return base.prior(x, t)
-
-        method = make_difface(cfg, base.estimator, prior, self.dtype)
-        return method
 
     def new_folder(self) -> Path:
         """A fresh output folder per request; folders older than an hour are removed."""
@@ -157,8 +133,11 @@ class Restorer:
         try:
             return self.restore(upload, aligned, start_step, steps, sampler, num_samples, seed, upscale,
                                 show_estimate, progress, allow_downscale)
-        except (UploadError, ConfigError, PlanError, ValueError, TypeError) as e:
-            raise gr.Error(str(e), print_exception=False) from None
+        except (UploadError, ConfigError, InputError, ValueError, TypeError) as e:
+            message = str(e)
+            if upload:  # the upload's own name, never the server's path of it
+                message = message.replace(str(Path(upload)), Path(upload).name)
+            raise gr.Error(message, print_exception=False) from None
 
     def restore(self, upload, aligned, start_step, steps, sampler, num_samples, seed, upscale, show_estimate,
                 progress, allow_downscale=False):
@@ -166,51 +145,53 @@ class Restorer:
             raise UploadError("upload an image first")
         src = Path(upload)
         check_upload(src, self.opts.max_pixels)
-        num_samples, steps, upscale = int(num_samples), int(steps or 0), int(upscale)
-        if not (1 <= num_samples <= MAX_SAMPLES and 0 <= steps <= MAX_STEPS and 1 <= upscale <= MAX_UPSCALE):
-            raise UploadError(f"samples 1-{MAX_SAMPLES}, steps 0-{MAX_STEPS} and upscale 1-{MAX_UPSCALE} only")
-        out = self.new_folder()
-        extra = ["--start-step", str(int(start_step)), "--sampler", str(sampler), "--num-samples", str(num_samples),
-                 "--seed", str(int(seed)), "--upscale", str(upscale), "--save-faces"]
-        extra += ["--steps", str(steps)] if steps else []
-        extra += ["--aligned", "--save-estimate"] if aligned else []
-        extra += ["--allow-downscale"] if allow_downscale else []
-        args = self.cli_args(str(src), out, extra)
-        cfg = inference.resolve_config(args)
-        method = self.method(cfg, progress)
-        jobs = plan_jobs(src, out, False, cfg.num_samples, aligned, subdir="" if aligned else "restored_image")
-        job = jobs[0]
-        job.record.update(aligned=aligned)
+        try:
+            num_samples = _whole_number(num_samples, "samples", 1, MAX_SAMPLES)
+            steps = _whole_number(steps or 0, "steps", 0, MAX_STEPS)
+            upscale = _whole_number(upscale, "upscale", 1, MAX_UPSCALE)
+        except UploadError:
+            raise UploadError(f"samples 1-{MAX_SAMPLES}, steps 0-{MAX_STEPS} and upscale 1-{MAX_UPSCALE} only") from None
+        start_step = _whole_number(start_step, "start step", 0, self.cfg.diffusion.steps - 1)
+        seed = _whole_number(seed, "seed", -2 ** 63, 2 ** 63 - 1)
         progress(0, desc="estimator")
         start = time.perf_counter()
-        bar = _NoBar()
-        if aligned:
-            inference.run_aligned(method, cfg, jobs, self.device, bar, args)
-        else:
-            inference.run_photos(method, cfg, jobs, self.device, bar, args)
-        if job.record.get("status") == "failed":
-            raise UploadError(job.record["error"].replace(str(src), src.name))
-        return self.outputs(src, out, job, aligned, show_estimate, time.perf_counter() - start, len(method.timesteps))
+        result = self.restorer.restore(
+            src, aligned=bool(aligned), seed=seed, name=src.name, num_samples=num_samples, start_step=start_step,
+            steps=steps or None, sampler=str(sampler), upscale=upscale, allow_downscale=bool(allow_downscale),
+            progress=lambda done, total: progress((done, total), desc=f"reverse step {done}/{total}"))
+        seconds = time.perf_counter() - start
+        evals = len(self.restorer.sampling(start_step, steps or None, str(sampler)).timesteps)
+        return self.outputs(src, self.save(src, result, bool(aligned)), result, bool(aligned), show_estimate,
+                            seconds, evals)
 
-    def outputs(self, src: Path, out: Path, job, aligned: bool, show_estimate: bool, seconds: float, evals: int):
-        restored = [str(p) for p in job.outputs]
-        with Image.open(restored[0]) as first:  # the header only
-            size = first.size
-        before = Image.fromarray(tensor_to_uint8(read_image(src)))
-        if before.size != size:  # whole photo: the input enlarged like the background
-            before = before.resize(size, Image.LANCZOS)
+    def save(self, src: Path, result, aligned: bool) -> dict:
+        """Write the result's images to a fresh folder: {'samples': [...], 'estimate': ..., 'faces': [...]}."""
+        out, stem = self.new_folder(), Path(Path(src.name).stem)
+        files = {"samples": [write_image(out / p, im) for p, im in zip(sample_names(stem, len(result.samples)),
+                                                                          result.samples)],
+                 "estimate": write_image(out / "estimates" / f"{stem}.png", result.estimate) if aligned else None,
+                 "faces": []}
+        for k, face in enumerate(result.faces):
+            files["faces"].append((write_image(out / "cropped_faces" / f"{stem}_{k:02d}.png", face.crop),
+                                   f"face {k:02d}: input"))
+            files["faces"] += [(write_image(out / "restored_faces" / p, im), f"face {k:02d}: restored")
+                               for p, im in zip(sample_names(stem, len(face.restored), f"_{k:02d}"), face.restored)]
+        return files
+
+    def outputs(self, src: Path, files: dict, result, aligned: bool, show_estimate: bool, seconds: float,
+                evals: int):
+        restored = [str(p) for p in files["samples"]]
+        h, w = result.image.shape[:2]
+        before = Image.fromarray(result.input)
+        if before.size != (w, h):  # whole photo: the input enlarged like the background
+            before = before.resize((w, h), Image.LANCZOS)
         samples = [(p, f"sample {k}") for k, p in enumerate(restored)]
-        faces = []
-        for crop in sorted((out / "cropped_faces").glob("*.png")):
-            faces.append((str(crop), f"face {crop.stem.rsplit('_', 1)[-1]}: input"))
-            faces += [(str(p), f"face {crop.stem.rsplit('_', 1)[-1]}: restored")
-                      for p in sorted((out / "restored_faces").glob(f"{crop.stem}*.png"))]
-        estimate = str(job.estimate) if aligned and show_estimate and job.estimate else None
+        faces = [(str(p), label) for p, label in files["faces"]]
+        estimate = str(files["estimate"]) if aligned and show_estimate and files["estimate"] else None
         if aligned:
-            what = f"{size[0]}x{size[1]} face"
+            what = f"{w}x{h} face"
         else:
-            found = len(job.record.get("faces", []))
-            kept = len(job.record.get("kept_large", []))
+            found, kept = len(result.photo.faces), len(result.photo.kept)
             what = f"{found} face(s) restored" + ("" if found or kept else ": the photo is only upscaled")
             if kept:
                 what += (f"; {kept} face(s) larger than the model's {self.cfg.image_size} px left as they were "
@@ -221,14 +202,7 @@ class Restorer:
                 restored[0], gr.update(value=faces, visible=not aligned), note)
 
 
-class _NoBar:
-    """The progress-bar interface inference.run_* report to; the page has its own bar."""
-
-    def update(self, n: int = 1) -> None:
-        pass
-
-
-def build_app(restorer: Restorer) -> gr.Blocks:
+def build_app(restorer: Handler) -> gr.Blocks:
     cfg = restorer.cfg
     with gr.Blocks(title="DifFace", delete_cache=(3600, 3600)) as demo:  # uploads and results live an hour
         gr.Markdown(f"# DifFace: blind face restoration\nModel: **{cfg.name}** ({cfg.image_size}x{cfg.image_size} "
@@ -247,7 +221,7 @@ def build_app(restorer: Restorer) -> gr.Blocks:
                 num_samples = gr.Slider(1, MAX_SAMPLES, value=1, step=1, label="samples (different noise)",
                                         elem_id="num-samples")
                 seed = gr.Number(value=cfg.seed, precision=0, label="seed")
-                upscale = gr.Slider(1, MAX_UPSCALE, value=CLI_DEFAULTS.upscale, step=1, label="upscale (whole photos)")
+                upscale = gr.Slider(1, MAX_UPSCALE, value=DEFAULT_UPSCALE, step=1, label="upscale (whole photos)")
                 show_estimate = gr.Checkbox(label="also show the estimator output f(y)", value=False,
                                             elem_id="show-estimate")
                 allow_downscale = gr.Checkbox(label="restore large faces too (whole photos: faces above 1.5x the "
@@ -270,7 +244,7 @@ def build_app(restorer: Restorer) -> gr.Blocks:
 def main(argv=None) -> int:
     opts = parse_args(argv)
     try:
-        restorer = Restorer(opts)
+        restorer = Handler(opts)
     except (ConfigError, WeightsError, ImportError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -29,7 +29,8 @@ sys.path.insert(0, str(REPO))
 
 import app  # noqa: E402
 import datapipe.image_io  # noqa: E402
-import inference  # noqa: E402
+import difface.restorer  # noqa: E402
+from difface import cli as inference  # noqa: E402
 from datapipe.image_io import read_image, write_image  # noqa: E402
 
 CHROMIUM = os.environ.get("DIFFACE_CHROMIUM", "/usr/bin/chromium")
@@ -240,7 +241,7 @@ def test_a_crafted_request_cannot_restore_a_server_file(tiny_app):
 
 @pytest.fixture(scope="module")
 def tiny_restorer(tiny_cfg):
-    return app.Restorer(app.parse_args(["--cfg", str(tiny_cfg), "--device", "cpu"]))
+    return app.Handler(app.parse_args(["--cfg", str(tiny_cfg), "--device", "cpu"]))
 
 
 class Bar:
@@ -285,7 +286,7 @@ def png_header(path: Path, side: int) -> Path:
 
 
 def test_bad_uploads_are_refused_with_a_message(tiny_restorer, tmp_path, monkeypatch):
-    monkeypatch.setattr(app, "read_image", lambda *a: pytest.fail("decoded before the checks"))
+    monkeypatch.setattr(difface.restorer, "read_image", lambda *a, **k: pytest.fail("decoded before the checks"))
     monkeypatch.setattr(datapipe.image_io, "read_image", lambda *a: pytest.fail("decoded before the checks"))
     empty = tmp_path / "empty.jpg"
     empty.write_bytes(b"")
