@@ -2,11 +2,17 @@
 
 The library side of ``scripts/evaluate.py``. Restored and GT files are matched by name stem;
 a restored image whose size differs from its GT is resized to the GT size (with a warning).
-Writes into ``out``:
+The restored folder may be the output folder of a whole-photo run of ``inference.py``: when it
+holds no image itself, its ``restored_image/`` sub-folder is used (and said so); when neither
+holds one, the error names the sub-folders that do. Writes into ``out``:
 
 * ``per_image.csv``: one row per matched pair, one column per per-image metric, ``notes``;
-* ``summary.json``: ``{metric name: {"mean", "n", "weights", ...}}``;
+* ``summary.json``: ``{metric: {"mean", "n", "weights", ...}}``;
 * ``summary.md``: the same as a Markdown table.
+
+Metrics are reported under the names they were asked by (``lmd``, or its alias ``lmd_dlib68``).
+FID from fewer than :data:`FID_MIN_IMAGES` images carries a ``warning`` (in the log, in
+``summary.json`` and in ``summary.md``): the estimate is biased upwards on small sets.
 
 A metric whose weights are missing is reported and skipped; the others still run. The exit
 code (``EvalResult.exit_code``) is non-zero when a requested metric or an image failed.
@@ -29,6 +35,8 @@ from .common import list_images, read_rgb_uint8
 from .fid import FidStats
 
 OUTPUT_FILES = ("per_image.csv", "summary.json", "summary.md")
+RUN_SUBFOLDER = "restored_image"  # where a whole-photo run of inference.py writes its restorations
+FID_MIN_IMAGES = 50  # below this, FID numbers are warned about
 
 
 @dataclass
@@ -82,6 +90,25 @@ def validate(cfg: EvalConfig) -> None:
         raise ValueError(f"{cfg.out} already holds {existing}; pass --overwrite to replace them")
 
 
+def find_restored(folder: Path) -> tuple[Path, str | None]:
+    """The folder whose images are evaluated, and a note when it is not ``folder`` itself.
+
+    ``folder`` when it holds images; else its ``restored_image/`` (a whole-photo run's output
+    folder) when that does. Raises ``ValueError`` naming the sub-folders that hold images
+    when neither does.
+    """
+    folder = Path(folder)
+    if list_images(folder):
+        return folder, None
+    run = folder / RUN_SUBFOLDER
+    if run.is_dir() and list_images(run):
+        return run, f"{folder} holds no image; evaluating {run} (the restorations of a whole-photo run)"
+    holding = sorted(d.name for d in folder.iterdir() if d.is_dir() and list_images(d))
+    hint = f"; its sub-folder(s) {', '.join(d + '/' for d in holding)} hold images: point --restored at one" \
+        if holding else ""
+    raise ValueError(f"no images in {folder}{hint}")
+
+
 def _by_stem(files: list[Path], folder: Path) -> dict[str, Path]:
     out: dict[str, Path] = {}
     for f in files:
@@ -100,7 +127,7 @@ def match_pairs(restored: Path, gt: Path) -> tuple[list[tuple[str, Path, Path]],
 
 def build_metrics(cfg: EvalConfig, log: Callable[[str], None]):
     """Build the requested metrics once. Returns ``(metrics by key, unavailable key -> message)``."""
-    built, unavailable, names = {}, {}, set()
+    built, unavailable, names = {}, {}, {}
     for key in cfg.metrics:
         try:
             m = build_metric(key, cfg.device, crop_border=cfg.crop_border, arcface_path=cfg.arcface,
@@ -109,8 +136,11 @@ def build_metrics(cfg: EvalConfig, log: Callable[[str], None]):
             unavailable[key] = str(e)
             log(f"[skipped] metric '{key}' unavailable: {e}")
             continue
-        if m.name not in names:  # 'lmd' and 'lmd_dlib68' are one metric
-            built[key], names = m, names | {m.name}
+        if m.name in names:  # 'lmd' and 'lmd_dlib68' are one metric
+            log(f"[note] '{key}' is the metric '{names[m.name]}' already requested; reported once, "
+                f"as '{names[m.name]}'")
+            continue
+        built[key], names = m, {**names, m.name: key}
     return built, unavailable
 
 
@@ -138,16 +168,16 @@ def _measure_pairs(pairs, pair_metrics, fid, fid_on_gt, log):
                     f"{gt.shape[1]}x{gt.shape[0]}: restored images are resized to the GT size")
             restored, n_resized = _fit_to(restored, gt.shape), n_resized + 1
         row, notes = {"name": stem}, []
-        for m in pair_metrics.values():
+        for key, m in pair_metrics.items():
             try:
                 res = m.measure(restored, gt)
             except Exception as e:
-                failures.append(f"{stem}: {m.name} failed ({e})")
-                log(f"[error] {stem}: {m.name} failed ({e})")
+                failures.append(f"{stem}: {key} failed ({e})")
+                log(f"[error] {stem}: {key} failed ({e})")
                 res = None
-            row[m.name] = float("nan") if res is None else res.value
+            row[key] = float("nan") if res is None else res.value
             if res is not None and res.note:
-                notes.append(f"{m.name}: {res.note}")
+                notes.append(f"{key}: {res.note}")
         row["notes"] = "; ".join(notes)
         rows.append(row)
         if fid is not None:
@@ -159,13 +189,23 @@ def _measure_pairs(pairs, pair_metrics, fid, fid_on_gt, log):
 
 def _summarise(rows, pair_metrics) -> dict:
     summary = {}
-    for m in pair_metrics.values():
-        vals = np.array([r[m.name] for r in rows], dtype=np.float64)
+    for key, m in pair_metrics.items():
+        vals = np.array([r[key] for r in rows], dtype=np.float64)
         vals = vals[~np.isnan(vals)]  # NaN: failed or excluded (ArcFace 'identical' pairs)
         mean = float(vals.mean()) if len(vals) else float("nan")
-        summary[m.name] = {"mean": mean, "n": int(len(vals)), "weights": m.weights,
-                           "higher_is_better": m.higher_is_better}
+        summary[key] = {"mean": mean, "n": int(len(vals)), "weights": m.weights,
+                        "higher_is_better": m.higher_is_better}
     return summary
+
+
+def _fid_warning(restored: int, reference: int) -> str | None:
+    """The warning an FID from ``restored`` images against a ``reference`` set (0: size unknown) carries."""
+    small = [f"{n} {what} images" for n, what in ((restored, "restored"), (reference, "reference"))
+             if 0 < n < FID_MIN_IMAGES]
+    if not small:
+        return None
+    return (f"FID from {' and '.join(small)}: below {FID_MIN_IMAGES} the estimate is strongly biased upwards "
+            f"and noisy; compare it only with FIDs of sets of the same size (published numbers use thousands)")
 
 
 def _fid_summary(cfg, fid, feats_r, feats_g, log) -> dict | None:
@@ -181,8 +221,12 @@ def _fid_summary(cfg, fid, feats_r, feats_g, log) -> dict | None:
         ref, ref_desc = FidStats.from_features(np.concatenate(feats_g), fid.features.backbone), "reference: GT set"
     else:
         return None  # statistics saved only
-    return {"mean": fid.distance(stats_r, ref), "n": stats_r.n, "weights": f"{fid.weights}; {ref_desc}",
-            "higher_is_better": False, "reference": str(cfg.fid_ref or "gt")}
+    result = {"mean": fid.distance(stats_r, ref), "n": stats_r.n, "weights": f"{fid.weights}; {ref_desc}",
+              "higher_is_better": False, "reference": str(cfg.fid_ref or "gt")}
+    if warning := _fid_warning(stats_r.n, ref.n):
+        log(f"[warning] {warning}")
+        result["warning"] = warning
+    return result
 
 
 def _fmt(v: float) -> str:
@@ -212,18 +256,19 @@ def write_reports(out: Path, rows: list[dict], summary: dict, header_lines: list
 def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print) -> EvalResult:
     """Run the whole evaluation described by ``cfg`` (see module docstring)."""
     validate(cfg)
+    restored, note = find_restored(Path(cfg.restored))
+    if note:
+        log(f"[note] {note}")
     if cfg.gt is not None:
-        pairs, only_r, only_g = match_pairs(Path(cfg.restored), Path(cfg.gt))
+        pairs, only_r, only_g = match_pairs(restored, Path(cfg.gt))
         for what, stems in (("restored", only_r), ("gt", only_g)):
             if stems:
                 log(f"[warning] {len(stems)} {what} file(s) without a partner: {', '.join(stems[:10])}"
                     + (" ..." if len(stems) > 10 else ""))
         if not pairs:
-            raise ValueError(f"no file names match between {cfg.restored} and {cfg.gt}")
+            raise ValueError(f"no file names match between {restored} and {cfg.gt}")
     else:
-        pairs = [(p.stem, p, None) for p in list_images(cfg.restored)]
-        if not pairs:
-            raise ValueError(f"no images in {cfg.restored}")
+        pairs = [(p.stem, p, None) for p in list_images(restored)]
     pairs = pairs[:cfg.max_images]
     built, unavailable = build_metrics(cfg, log)
     fid = built.pop("fid", None)
@@ -238,9 +283,10 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print) -> EvalResult:
             log(f"[error] FID failed: {e}")
         if fid_result is not None:
             summary[fid.name] = fid_result
-    header = [f"restored: {cfg.restored}", f"gt: {cfg.gt}", f"pairs evaluated: {len(rows)} of {len(pairs)}",
+    header = [f"restored: {restored}", f"gt: {cfg.gt}", f"pairs evaluated: {len(rows)} of {len(pairs)}",
               f"restored resized to GT size: {n_resized}"]
     header += [f"unavailable: {k}: {v}" for k, v in unavailable.items()]
+    header += [f"warning: {k}: {v['warning']}" for k, v in summary.items() if v.get("warning")]
     write_reports(Path(cfg.out), rows, summary, header)
     code = 1 if unavailable or failures else 0
     return EvalResult(summary, unavailable, failures, code)

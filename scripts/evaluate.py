@@ -16,7 +16,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from metrics import METRICS  # noqa: E402
 from metrics.evaluation import EvalConfig, evaluate, validate  # noqa: E402
 
 METRIC_HELP = """metrics (comma-separated):
@@ -39,7 +38,8 @@ exit code: 0 when every requested metric was computed for every image, 1 otherwi
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, epilog=METRIC_HELP,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--restored", required=True, type=Path, help="folder of restored images")
+    p.add_argument("--restored", required=True, type=Path,
+                   help="folder of restored images (a whole-photo run's output folder: its restored_image/)")
     p.add_argument("--gt", type=Path, default=None,
                    help="folder of ground-truth images, matched by name stem (default: none, FID only)")
     p.add_argument("--metrics", default=None,
@@ -82,10 +82,12 @@ def main(argv=None) -> int:
             return 0
         result = evaluate(cfg, log=lambda s: print(s, file=sys.stderr))
     except ValueError as e:
-        print(f"error: {e}\n(allowed metrics: {', '.join(METRICS)})", file=sys.stderr)
+        print(f"error: {e}", file=sys.stderr)
         return 2
     for name, v in result.summary.items():
         print(f"{name:12s} {v['mean']:.6f}  (n={v['n']}, {v['weights']})")
+        if v.get("warning"):
+            print(f"warning: {name}: {v['warning']}", file=sys.stderr)
     if result.exit_code:
         print(f"incomplete: {len(result.unavailable)} metric(s) unavailable, "
               f"{len(result.failures)} per-image failure(s); see {cfg.out}/summary.md", file=sys.stderr)
