@@ -150,7 +150,8 @@ class Handler:
             steps = _whole_number(steps or 0, "steps", 0, MAX_STEPS)
             upscale = _whole_number(upscale, "upscale", 1, MAX_UPSCALE)
         except UploadError:
-            raise UploadError(f"samples 1-{MAX_SAMPLES}, steps 0-{MAX_STEPS} and upscale 1-{MAX_UPSCALE} only") from None
+            raise UploadError(f"samples 1-{MAX_SAMPLES}, steps 0-{MAX_STEPS} and upscale 1-{MAX_UPSCALE} "
+                              "only") from None
         start_step = _whole_number(start_step, "start step", 0, self.cfg.diffusion.steps - 1)
         seed = _whole_number(seed, "seed", -2 ** 63, 2 ** 63 - 1)
         progress(0, desc="estimator")

@@ -19,7 +19,6 @@ import argparse
 import json
 import platform
 import sys
-import threading
 import time
 import warnings
 from pathlib import Path

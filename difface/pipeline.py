@@ -20,7 +20,7 @@ from omegaconf.errors import OmegaConfBaseException
 from models import DiffusionConfig, NetworkConfig, build_network
 from models.checkpoint import REGISTRY, WeightsError, describe_missing, find_weights, load_weights, resolve_weights
 from models.diffusion import DiffusionSchedule
-from models.difface import DTYPES, STARTS_AT_N, DifFace, known_pixel_correction, sampling_timesteps
+from models.difface import DTYPES, DifFace, SamplingConfig, known_pixel_correction
 from models.runtime import configure_backends, prepare_network
 from models.samplers import SAMPLERS
 
@@ -28,18 +28,6 @@ from .presets import bundled_file, preset_dir, preset_paths
 
 TASKS = ("restoration", "inpainting")
 DEVICES = ("auto", "cpu", "cuda", "mps")
-
-
-@dataclass
-class SamplingConfig:
-    """Where the reverse chain starts and how it runs (base steps of the T-step process)."""
-
-    start_step: int = 400
-    grid: str = "ddim250"
-    steps: Optional[int] = None
-    official_start: bool = True
-    eta: float = 0.5
-    sampler: str = "ddim"
 
 
 @dataclass
@@ -141,8 +129,7 @@ def validate(cfg: InferenceConfig) -> None:
             raise ConfigError(f"invalid value {value!r} for '{key}': expected {allowed}")
     s = cfg.sampling
     try:
-        sampling_timesteps(s.start_step, cfg.diffusion.steps, s.grid, s.steps,
-                           s.official_start and s.sampler not in STARTS_AT_N)
+        sampling_of(cfg).timesteps(cfg.diffusion.steps)
     except ValueError as e:
         raise ConfigError(f"invalid sampling settings (start_step={s.start_step}, grid={s.grid!r}, "
                           f"steps={s.steps}): {e}") from None
@@ -307,11 +294,14 @@ def make_difface(cfg: InferenceConfig, estimator, prior, dtype: str | None = Non
     sampling settings (the web demo, per request).
     """
     schedule = DiffusionSchedule.from_name(cfg.diffusion.schedule, cfg.diffusion.steps)
+    return DifFace(estimator, prior, schedule, cfg.image_size, sampling_of(cfg), dtype=dtype or cfg.dtype,
+                   correct_x0_factory=correction(cfg), low_precision_from_step=cfg.low_precision_from_step)
+
+
+def sampling_of(cfg: InferenceConfig) -> SamplingConfig:
+    """The config's sampling block as a `SamplingConfig` (a plain dataclass the method takes)."""
     s = cfg.sampling
-    return DifFace(estimator, prior, schedule, image_size=cfg.image_size, start_step=s.start_step,
-                   grid=s.grid, steps=s.steps, official_start=s.official_start, eta=s.eta,
-                   sampler=s.sampler, dtype=dtype or cfg.dtype, correct_x0_factory=correction(cfg),
-                   low_precision_from_step=cfg.low_precision_from_step)
+    return s if isinstance(s, SamplingConfig) else SamplingConfig(**OmegaConf.to_container(s, resolve=True))
 
 
 def correction(cfg: InferenceConfig):

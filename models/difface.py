@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -64,6 +64,31 @@ def sampling_timesteps(start_step: int, num_steps: int, grid: str | None = "ddim
     return steps_desc
 
 
+@dataclass
+class SamplingConfig:
+    """Where the reverse chain starts and how it runs (base steps of the T-step process).
+
+    start_step N: the level the estimate is diffused to (0: the estimator alone). grid: the
+    official respacing (e.g. 'ddim250') whose points below N are evaluated, unless `steps` K asks
+    for K evaluations spread evenly from N to 0. official_start: the first evaluation one grid
+    point below N, as the official code does (the DPM-Solvers always start at N). eta: noise scale
+    of ddim and dpmpp_2m_sde. Variants: `dataclasses.replace(sampling, start_step=...)`.
+    """
+
+    start_step: int = 400
+    grid: str = "ddim250"
+    steps: Optional[int] = None
+    official_start: bool = True
+    eta: float = 0.5
+    sampler: str = "ddim"
+
+    def timesteps(self, num_steps: int) -> list[int]:
+        """The descending base steps evaluated for a chain noised to `start_step`; the one place
+        the start rule of each sampler is applied. Raises ValueError for impossible settings."""
+        official = self.official_start and self.sampler not in STARTS_AT_N
+        return sampling_timesteps(self.start_step, num_steps, self.grid, self.steps, official)
+
+
 def image_generator(seed: int, name: str, sample: int = 0, device: str | torch.device = "cpu") -> torch.Generator:
     """A generator seeded from (seed, image name, sample index), independent of batch and order."""
     digest = hashlib.sha256(f"{seed}\x00{name}\x00{sample}".encode()).digest()
@@ -101,26 +126,24 @@ class DifFace:
     evaluations at base steps t >= T run in it, the estimator and the steps below T in fp32.
     """
 
-    def __init__(self, estimator: Callable, prior: Callable, schedule: DiffusionSchedule,
-                 image_size: int, start_step: int = 400, grid: str | None = "ddim250",
-                 steps: int | None = None, official_start: bool = True, eta: float = 0.5,
-                 sampler: str = "ddim", dtype: str = "fp32",
+    def __init__(self, estimator: Callable, prior: Callable, schedule: DiffusionSchedule, image_size: int,
+                 sampling: SamplingConfig | None = None, dtype: str = "fp32",
                  correct_x0_factory: Callable[[torch.Tensor, torch.Tensor], Callable] | None = None,
                  low_precision_from_step: int | None = None):
-        if sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {sampler!r}; allowed: {sorted(SAMPLERS)}")
+        sampling = sampling or SamplingConfig()
+        if sampling.sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampling.sampler!r}; allowed: {sorted(SAMPLERS)}")
         if dtype not in DTYPES:
             raise ValueError(f"unknown dtype {dtype!r}; allowed: {sorted(DTYPES)}")
-        if eta < 0:
-            raise ValueError(f"eta must be >= 0, got {eta}")
+        if sampling.eta < 0:
+            raise ValueError(f"eta must be >= 0, got {sampling.eta}")
         if low_precision_from_step is not None and low_precision_from_step < 0:
             raise ValueError(f"low_precision_from_step must be >= 0 or None, got {low_precision_from_step}")
         self.estimator, self.prior, self.schedule = estimator, prior, schedule
-        self.image_size, self.start_step, self.eta = image_size, start_step, eta
-        self.sampler, self.dtype = sampler, dtype
+        self.image_size, self.sampling, self.dtype = image_size, sampling, dtype
+        self.start_step, self.eta, self.sampler = sampling.start_step, sampling.eta, sampling.sampler
         self.low_precision_from_step = low_precision_from_step
-        official_start = official_start and sampler not in STARTS_AT_N
-        self.timesteps = sampling_timesteps(start_step, schedule.num_steps, grid, steps, official_start)
+        self.timesteps = sampling.timesteps(schedule.num_steps)
         self.correct_x0_factory = correct_x0_factory
 
     def _autocast(self, device: torch.device, low: bool = True):

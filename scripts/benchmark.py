@@ -36,12 +36,11 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models import build_network  # noqa: E402
-from models.difface import DTYPES, DifFace  # noqa: E402
+from models.difface import DTYPES, DifFace, SamplingConfig  # noqa: E402
 from models.diffusion import DiffusionSchedule  # noqa: E402
-from difface.pipeline import ConfigError, load_config, pick_device, pick_dtype  # noqa: E402
+from difface.pipeline import ConfigError, load_config, pick_device, pick_dtype, sampling_of  # noqa: E402
 from models.runtime import configure_backends, prepare_network  # noqa: E402
 
 MODES = ("fp32", "bf16", "fp16", "compile")
@@ -178,7 +177,7 @@ def settings(cfg, fast_cfg) -> list[tuple[str, int]]:
     for c in (cfg, fast_cfg):
         s = c.sampling
         method = DifFace(None, None, DiffusionSchedule.from_name(c.diffusion.schedule, c.diffusion.steps),
-                         c.image_size, s.start_step, s.grid, s.steps, s.official_start, sampler=s.sampler)
+                         c.image_size, sampling_of(c))
         label = f"{s.sampler}" + (f" K = {s.steps}" if s.steps else f", grid {s.grid}") + f", N = {s.start_step}"
         if (label, len(method.timesteps)) not in rows:
             rows.append((label, len(method.timesteps)))
@@ -214,14 +213,13 @@ def end_to_end(cfg, steps_cfg, device: torch.device) -> tuple[float, int, str]:
     precision (as inference.py picks it for `device`, with its low_precision_from_step), its
     evaluations and the precision."""
     estimator, prior = networks(cfg, device)
-    s = steps_cfg.sampling
     dtype, _ = pick_dtype(steps_cfg.dtype, device)
     method = DifFace(prepare_network(estimator, device), prepare_network(prior, device),
                      DiffusionSchedule.from_name(cfg.diffusion.schedule, cfg.diffusion.steps), cfg.image_size,
-                     s.start_step, s.grid, s.steps, s.official_start, s.eta, s.sampler, dtype=dtype,
-                     low_precision_from_step=steps_cfg.low_precision_from_step)
+                     sampling_of(steps_cfg), dtype=dtype, low_precision_from_step=steps_cfg.low_precision_from_step)
     y = torch.rand(1, 3, cfg.image_size, cfg.image_size, device=device)
-    warm = DifFace(method.estimator, method.prior, method.schedule, cfg.image_size, s.start_step, steps=1)
+    warm = DifFace(method.estimator, method.prior, method.schedule, cfg.image_size,
+                   SamplingConfig(start_step=method.start_step, steps=1))
     warm.restore(y, generator=torch.Generator().manual_seed(0))  # first-call set-up is not timed
     seconds = timed(lambda: method.restore(y, generator=torch.Generator().manual_seed(0)), device)
     if dtype != "fp32" and steps_cfg.low_precision_from_step is not None:

@@ -21,7 +21,6 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from trainer import Trainer  # noqa: E402
 from training import load_config  # noqa: E402

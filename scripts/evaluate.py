@@ -14,7 +14,6 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from metrics.evaluation import EvalConfig, evaluate, validate  # noqa: E402
 

@@ -29,7 +29,6 @@ from typing import Optional
 import numpy as np
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datapipe.datasets import resize_square  # noqa: E402
 from datapipe.degradations import (FaceTestParams, bivariate_gaussian_kernel, blur,  # noqa: E402

@@ -18,9 +18,8 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
-sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
-from prepare_ffhq import resize_all  # noqa: E402
+from datapipe.folders import resize_all  # noqa: E402
 
 from datapipe.image_io import is_image_file, list_images  # noqa: E402
 

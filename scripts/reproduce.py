@@ -31,7 +31,6 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 RESTORATION_METRICS = "psnr,ssim,lpips,id,lmd,fid"
 # evaluate.py metric -> (name in summary.json, column of the paper's tables)

@@ -27,19 +27,18 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
-
-import reproduce_small as rs  # noqa: E402
+import metrics.heldout as rs
 
 from metrics.fid import FidStats, frechet_distance  # noqa: E402
 from metrics.kid import kernel_inception_distance, polynomial_mmd2  # noqa: E402
 from models.difface import DifFace  # noqa: E402
-from difface.pipeline import ConfigError, load_config, pick_device  # noqa: E402
+from difface.pipeline import ConfigError, load_config, pick_device, sampling_of  # noqa: E402
 from models.samplers import TAKES_ETA  # noqa: E402
 
 SOLVERS = ("dpmpp_2m", "dpmpp_2m_sde")
@@ -223,13 +222,13 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     lq = rs.degrade(faces, standard, args.seed, "standard", args.out / "lq")
     score = Scores(rs.to_uint8(faces.hq), device, args.fid_backbone)
-    base, s = runner.base, cfg.sampling
+    base, s = runner.base, sampling_of(cfg)
 
     def run(label: str, sampler: str, n: int, steps: int | None, eta: float = 0.5, dtype: str = "fp32",
             low_from: int | None = None) -> dict:
         """One row; `low_from`: `dtype` only for the prior at t >= low_from (low_precision_from_step)."""
-        method = DifFace(base.estimator, base.prior, base.schedule, cfg.image_size, start_step=n, grid=s.grid,
-                         steps=steps, official_start=s.official_start, eta=eta, sampler=sampler, dtype=dtype,
+        sampling = replace(s, start_step=n, steps=steps, eta=eta, sampler=sampler)
+        method = DifFace(base.estimator, base.prior, base.schedule, cfg.image_size, sampling, dtype=dtype,
                          low_precision_from_step=low_from)
         eta = eta if sampler in TAKES_ETA else 0.0
         dtype = dtype if low_from is None else f"{dtype}>={low_from}"
@@ -244,7 +243,8 @@ def main(argv=None) -> int:
         return score(label, out, sampler=sampler, eta=eta, dtype=dtype, N=n,
                      evaluations=len(method.timesteps), seconds_per_image=sec)
 
-    runner.restore(DifFace(base.estimator, base.prior, base.schedule, cfg.image_size, 400, steps=1),
+    warm = replace(s, start_step=400, steps=1)
+    runner.restore(DifFace(base.estimator, base.prior, base.schedule, cfg.image_size, warm),
                    lq[:1], faces.keys[:1], "warm-up")
     results = []
     for n in n_values:  # results.json after each N, so that a late failure keeps the earlier numbers

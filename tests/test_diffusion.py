@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from models.diffusion import DiffusionSchedule, hybrid_loss, make_betas, space_timesteps
-from models.difface import image_generator, sampling_timesteps
+from models.difface import SamplingConfig, image_generator, sampling_timesteps
 from models.samplers import ddim_sample_loop, ddpm_sample_loop, draw_noise
 
 BASE = DiffusionSchedule.from_name("linear", 1000)
@@ -107,7 +107,7 @@ def test_start_step_zero_is_the_estimator_alone():
     def prior(x, t):
         raise AssertionError("the prior must not run at N = 0")
 
-    method = DifFace(lambda y: 2 * y - 0.25, prior, BASE, image_size=8, start_step=0)
+    method = DifFace(lambda y: 2 * y - 0.25, prior, BASE, 8, SamplingConfig(start_step=0))
     y = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     out = method.restore(y, generator=torch.Generator().manual_seed(1))
     assert torch.equal(out.sample, (2 * y - 0.25).clamp(0, 1)) and torch.equal(out.sample, out.estimate)

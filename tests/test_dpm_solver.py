@@ -7,7 +7,7 @@ from torch import nn
 from difface import cli as inference
 from datapipe.image_io import write_image
 from models.diffusion import DiffusionSchedule
-from models.difface import DifFace, sampling_timesteps
+from models.difface import DifFace, SamplingConfig, sampling_timesteps
 from models.samplers import SAMPLERS, dpmpp_2m_sample_loop, dpmpp_2m_sde_sample_loop
 
 
@@ -119,7 +119,7 @@ def test_is_registered_and_runs_in_the_method_without_drawing_step_noise():
     assert SAMPLERS["dpmpp_2m"] is dpmpp_2m_sample_loop
     schedule = DiffusionSchedule.from_name("linear", 1000)
     net = SmallNet().eval()
-    method = DifFace(lambda y: y, net, schedule, image_size=16, start_step=400, steps=5, sampler="dpmpp_2m")
+    method = DifFace(lambda y: y, net, schedule, 16, SamplingConfig(start_step=400, steps=5, sampler="dpmpp_2m"))
     # the solver's first evaluation is at N, where x_N is (no official off-by-one)
     assert method.timesteps == sampling_timesteps(400, 1000, steps=5, official_start=False) == [400, 300, 200, 100, 0]
     y = torch.rand(2, 3, 16, 16)

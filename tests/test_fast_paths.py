@@ -7,7 +7,7 @@ import torch
 
 from models import build_network
 from models.diffusion import DiffusionSchedule
-from models.difface import DifFace, image_generator
+from models.difface import DifFace, SamplingConfig, image_generator
 from models.runtime import prepare_network
 from models.samplers import chain_noise, ddim_sample_loop, ddpm_sample_loop, draw_noise
 
@@ -121,9 +121,10 @@ def test_chain_noise_refuses_an_extra_draw():
 def test_restore_runs_under_inference_mode_with_prepared_networks():
     unet, swinir = _nets()
     schedule = DiffusionSchedule.from_name("linear", 1000)
-    ref = DifFace(swinir, unet, schedule, 32, start_step=400, steps=3)
+    ref = DifFace(swinir, unet, schedule, 32, SamplingConfig(start_step=400, steps=3))
     fast = DifFace(prepare_network(_copy(swinir), torch.device("cpu")),
-                   prepare_network(_copy(unet), torch.device("cpu")), schedule, 32, start_step=400, steps=3)
+                   prepare_network(_copy(unet), torch.device("cpu")), schedule, 32,
+                   SamplingConfig(start_step=400, steps=3))
     y = torch.rand(2, 3, 32, 32)
     a = ref.restore(y, generator=torch.Generator().manual_seed(0)).sample
     b = fast.restore(y, generator=torch.Generator().manual_seed(0)).sample
@@ -151,7 +152,8 @@ def test_low_precision_from_step_runs_only_the_noisier_prior_steps_in_bf16():
 
     def run(**kw):
         seen.clear()
-        method = DifFace(estimator, prior, schedule, 32, start_step=400, steps=5, sampler="dpmpp_2m", **kw)
+        sampling = SamplingConfig(start_step=400, steps=5, sampler="dpmpp_2m")
+        method = DifFace(estimator, prior, schedule, 32, sampling, **kw)
         out = method.restore(torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(1)),
                              generator=torch.Generator().manual_seed(0)).sample
         return out, list(seen)

@@ -3,7 +3,7 @@ import torch
 
 from models import build_network
 from models.diffusion import DiffusionSchedule
-from models.difface import DifFace, image_generator, known_pixel_correction
+from models.difface import DifFace, SamplingConfig, image_generator, known_pixel_correction
 
 TINY_LAMA = dict(input_nc=4, output_nc=3, ngf=16, n_downsampling=2, n_blocks=1, add_out_act="sigmoid",
                  init_conv_kwargs=dict(ratio_gin=0, ratio_gout=0, enable_lfu=False),
@@ -19,8 +19,8 @@ def _method(size=32, **kwargs) -> DifFace:
     unet = build_network("unet", TINY_UNET).eval()
     for p in unet.parameters():
         torch.nn.init.normal_(p, std=0.02)
-    return DifFace(lama, unet, DiffusionSchedule.from_name(), image_size=size, start_step=480, steps=4,
-                   eta=1.0, correct_x0_factory=known_pixel_correction(0.5, 1), **kwargs)
+    return DifFace(lama, unet, DiffusionSchedule.from_name(), size, SamplingConfig(start_step=480, steps=4, eta=1.0),
+                   correct_x0_factory=known_pixel_correction(0.5, 1), **kwargs)
 
 
 def _masked_face(h, w):

@@ -15,7 +15,7 @@ import torch
 from models import NETWORKS, build_network
 from models.checkpoint import load_weights
 from models.diffusion import DiffusionSchedule, space_timesteps
-from models.difface import DifFace, resize
+from models.difface import DifFace, SamplingConfig, resize
 from models.samplers import ddim_sample_loop, ddim_step, ddpm_step
 
 NET_ATOL, STEP_ATOL, CHAIN_ATOL, SCHEDULE_ATOL = 2e-5, 1e-4, 1e-3, 1e-12
@@ -180,8 +180,8 @@ def test_end_to_end_restoration(fixtures_dir, name):
     stems = _small_networks(fixtures_dir)
     estimator = _network(fixtures_dir, next(s for s in stems if _kind(s) == "swinir"))
     unet = _network(fixtures_dir, next(s for s in stems if _kind(s) == "unet"))
-    method = DifFace(estimator, unet, base, image_size=int(ref["im_size"]), start_step=start_step,
-                     grid=ref["respacing"], eta=float(ref["eta"]))
+    method = DifFace(estimator, unet, base, int(ref["im_size"]),
+                     SamplingConfig(start_step=start_step, grid=ref["respacing"], eta=float(ref["eta"])))
     assert method.timesteps == ref["timesteps"].tolist()
 
     size = (int(ref["im_size"]),) * 2

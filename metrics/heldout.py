@@ -1,0 +1,230 @@
+"""The held-out-faces harness of the evaluation scripts (scripts/reproduce_small.py,
+scripts/solver_quality.py): load a held-out split at the model size, degrade each face once with
+a seeded blind degradation, restore sets with one DifFace per setting around networks loaded
+once, and score them (PSNR / SSIM per image, FID against the HQ set).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from datapipe.degradations import BlindDegradation, BlindDegradationConfig
+from datapipe.image_io import (ImageReadError, hwc_to_tensor, list_images, read_image, tensor_to_hwc,
+                               tensor_to_uint8, write_image)
+from difface.pipeline import build_difface, sampling_of
+from difface.presets import data_root
+from models import build_network
+from models.checkpoint import load_weights, resolve_weights
+from models.difface import DifFace, image_generator, resize
+
+
+@dataclass
+class Faces:
+    """Held-out faces at the model size: keys (file names), hq (B, 3, S, S) RGB [0, 1] on 8-bit levels."""
+    keys: list[str]
+    hq: torch.Tensor
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def stems(self) -> list[str]:
+        return [Path(k).stem for k in self.keys]
+
+
+def pick(files: list[Path], count: int | None, how: str) -> list[Path]:
+    """`count` files: the first ones in sorted order, or evenly `spread` over the sorted list."""
+    if not count or count >= len(files):
+        return files
+    if how == "first":
+        return files[:count]
+    return [files[i] for i in np.unique(np.round(np.linspace(0, len(files) - 1, count)).astype(int))]
+
+
+def load_heldout(folder: Path, size: int, max_images: int | None, select: str = "spread") -> Faces:
+    """`max_images` readable images of `folder` (see `pick`), resized to `size` if needed."""
+    keys, images, skipped = [], [], []
+    for path in pick(list_images(folder), max_images, select):
+        try:
+            img = read_image(path)
+        except ImageReadError as e:
+            print(f"warning: skipped {e}", file=sys.stderr)
+            skipped.append(path.name)
+            continue
+        if tuple(img.shape[-2:]) != (size, size):  # bicubic as the method's own resize, then 8-bit
+            img = resize(img[None], (size, size))[0].clamp(0, 1)
+        keys.append(path.name)
+        images.append(torch.round(img * 255) / 255)
+    stems = [Path(k).stem for k in keys]
+    if len(set(stems)) != len(stems):
+        raise ValueError(f"held-out files in {folder} share a name stem; rename them")
+    if len(keys) < 2:
+        raise ValueError(f"{folder} holds {len(keys)} readable images; FID needs at least 2")
+    return Faces(keys, torch.stack(images), skipped)
+
+
+def degradation_config(source: str | None, default: dict | None = None) -> BlindDegradationConfig:
+    """Ranges from a training config's data.train.degradation (or a YAML of the bare block).
+
+    Flip and greyscale are switched off: the ground truth must stay the held-out image.
+    """
+    from omegaconf import OmegaConf
+    if source is None:
+        block = dict(default)
+    else:
+        path = Path(source)
+        cfg = OmegaConf.load(path if path.is_file() or path.is_absolute() else data_root() / path)
+        node = OmegaConf.select(cfg, "data.train.degradation")
+        block = OmegaConf.to_container(node if node is not None else cfg, resolve=True)
+    block.update(use_hflip=False, gray_prob=0.0)
+    try:
+        return BlindDegradationConfig(**block)
+    except TypeError as e:
+        raise ValueError(f"degradation block of {source}: {e}") from None
+
+
+def numpy_rng(seed: int, key: str, tag: str) -> np.random.Generator:
+    digest = hashlib.sha256(f"{seed}\x00{key}\x00{tag}".encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
+def degrade(faces: Faces, config: BlindDegradationConfig, seed: int, tag: str, out_dir: Path) -> torch.Tensor:
+    """One seeded degradation per face, written to out_dir/<stem>.png (+ params.json); (B,3,S,S)."""
+    degradation, lq, params = BlindDegradation(config), [], {}
+    for key, stem, hq in zip(faces.keys, faces.stems, faces.hq):
+        y, gt, drawn = degradation(tensor_to_hwc(hq), numpy_rng(seed, key, tag))
+        assert np.array_equal(gt, tensor_to_hwc(hq)), "flip/greyscale must be off"
+        lq.append(hwc_to_tensor(y))
+        params[key] = drawn
+        write_image(out_dir / f"{stem}.png", lq[-1])
+    (out_dir / "params.json").write_text(json.dumps({"ranges": asdict(config), "images": params}, indent=1))
+    return torch.stack(lq)
+
+
+def to_uint8(batch: torch.Tensor) -> list[np.ndarray]:
+    return [tensor_to_uint8(img) for img in batch.cpu()]
+
+
+# --------------------------------------------------------------------------------------------
+# Restoration: networks loaded once, one DifFace per setting
+# --------------------------------------------------------------------------------------------
+
+class Runner:
+    """Builds the config's networks once and runs the method on image sets in batches."""
+
+    def __init__(self, cfg, device: torch.device, batch_size: int, seed: int, weights_dir, download: bool):
+        self.cfg, self.device, self.batch_size, self.seed = cfg, device, batch_size, seed
+        self.base = build_difface(cfg, device, weights_dir, download)
+
+    def method(self, start_step: int, steps: int | None = None, estimator=None) -> DifFace:
+        """A DifFace sharing the loaded prior (and estimator unless given); the config's sampling."""
+        s = sampling_of(self.cfg)
+        sampling = replace(s, start_step=start_step, steps=s.steps if steps is None else steps)
+        return DifFace(self.base.estimator if estimator is None else estimator, self.base.prior, self.base.schedule,
+                       self.cfg.image_size, sampling, dtype=self.cfg.dtype)
+
+    def _batches(self, n: int, desc: str):
+        from tqdm import tqdm
+        return tqdm(range(0, n, self.batch_size), desc=desc, unit="batch", file=sys.stderr, leave=False)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def restore(self, method: DifFace, lq: torch.Tensor, keys: list[str], desc: str,
+                samples: list[int] | None = None):
+        """(samples, estimates) as lists of (S, S, 3) uint8 RGB, and seconds per image."""
+        samples = samples or [0] * len(keys)
+        out, est = [], []
+        self._sync()
+        start = time.perf_counter()
+        for i in self._batches(len(keys), desc):
+            j = slice(i, i + self.batch_size)
+            gens = [image_generator(self.seed, k, s) for k, s in zip(keys[j], samples[j])]
+            result = method.restore(lq[j].to(self.device), generator=gens)
+            out += to_uint8(result.sample)
+            est += to_uint8(result.estimate)
+        self._sync()
+        return out, est, (time.perf_counter() - start) / len(keys)
+
+    def estimate(self, method: DifFace, lq: torch.Tensor, desc: str):
+        """The estimator alone (N = 0): list of (S, S, 3) uint8 RGB, seconds per image."""
+        out = []
+        self._sync()
+        start = time.perf_counter()
+        for i in self._batches(len(lq), desc):
+            out += to_uint8(method.estimate(lq[i:i + self.batch_size].to(self.device)))
+        self._sync()
+        return out, (time.perf_counter() - start) / len(lq)
+
+
+def build_estimator(cfg, weights: str, device: torch.device, weights_dir) -> torch.nn.Module:
+    """The config's estimator network with other weights (the mild estimator)."""
+    from omegaconf import OmegaConf
+    net = build_network(cfg.estimator.name, OmegaConf.to_container(cfg.estimator.params, resolve=True))
+    load_weights(net, resolve_weights(weights, weights_dir, download=False))
+    return net.requires_grad_(False).eval().to(device)
+
+
+# --------------------------------------------------------------------------------------------
+# Scores
+# --------------------------------------------------------------------------------------------
+
+class Scorer:
+    """PSNR / SSIM against the HQ faces (per image) and FID against the HQ set."""
+
+    def __init__(self, hq: list[np.ndarray], device: torch.device, backbone: str):
+        from metrics import build_metric
+        from metrics.fid import FidMetric
+        self.hq = hq
+        self.psnr, self.ssim = build_metric("psnr"), build_metric("ssim")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            self.fid = FidMetric(device=str(device), backbone=backbone, method="fast")
+        self.reference = self.fid.stats(hq)
+
+    def __call__(self, label: str, images: list[np.ndarray], **info) -> dict:
+        psnr = [self.psnr.measure(a, b).value for a, b in zip(images, self.hq)]
+        ssim = [self.ssim.measure(a, b).value for a, b in zip(images, self.hq)]
+        self.last_stats = self.fid.stats(images)  # features kept below 2048 images (KID uses them)
+        fid = self.fid.distance(self.last_stats, self.reference)
+        row = {"label": label, **info, "psnr": float(np.mean(psnr)), "ssim": float(np.mean(ssim)), "fid": fid,
+               "psnr_std": float(np.std(psnr)), "ssim_std": float(np.std(ssim)),
+               "per_image": {"psnr": psnr, "ssim": ssim}}
+        print(f"  {label}: PSNR {row['psnr']:.2f}  SSIM {row['ssim']:.4f}  FID {fid:.2f}", file=sys.stderr)
+        return row
+
+
+def machine(device: torch.device) -> dict:
+    cpu = platform.processor()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+            "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": str(device)}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def number_list(text: str, kind: type = int) -> list:
+    """'1,2,3' -> [1, 2, 3] as `kind` (an empty string gives []); argparse error otherwise."""
+    try:
+        return [kind(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        what = "integers" if kind is int else "numbers"
+        raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}") from None
+
+
+def int_list(text: str) -> list[int]:
+    return number_list(text, int)
