@@ -1,8 +1,9 @@
 """Whole photos: detect faces, align them, restore the crops, paste them onto an upscaled background.
 
-The restoration itself is a callable handed in by the caller (``restore_fn``), so this module
-knows nothing about networks. Images are HxWx3 uint8 RGB numpy arrays here (the detectors and
-OpenCV warps work on those); crops go to ``restore_fn`` as (N, 3, S, S) float tensors in [0, 1].
+`prepare_photo` detects and aligns the faces and upscales the background; the caller restores the
+crops (`difface.Restorer`, possibly with other photos' faces in one batch) and `finish_photo` pastes
+them back, so this module knows nothing about networks. Images are HxWx3 uint8 RGB numpy arrays
+here (the detectors and OpenCV warps work on those); crops are (N, 3, S, S) float tensors in [0, 1].
 """
 from __future__ import annotations
 
@@ -21,7 +22,6 @@ from .limits import MAX_DOWNSCALE
 MIN_SIDE = 512  # photos with a shorter side are first enlarged to it (official behaviour)
 PASTE_OFFSET = 0.5  # exact pixel-centre correspondence for a background resized by `upscale`
 
-RestoreFn = Callable[[torch.Tensor, Sequence[str]], list[torch.Tensor]]
 BackgroundFn = Callable[[np.ndarray, int], np.ndarray]
 
 
@@ -97,19 +97,6 @@ class PendingPhoto:
     @property
     def num_faces(self) -> int:
         return len(self.keys)
-
-
-def restore_photo(img: np.ndarray, detector: FaceDetector, restore_fn: RestoreFn, key: str, **options
-                  ) -> PhotoResult:
-    """Restore every face of a photo (HxWx3 uint8 RGB); a photo without a face is only upscaled.
-
-    `restore_fn(crops, keys)` gets the aligned crops (N, 3, S, S) in [0, 1] with one seed key
-    per face and returns one (N, 3, S, S) tensor per sample. `options`: those of `prepare_photo`.
-    To restore the faces of several photos in one batch, call `prepare_photo` for each, restore
-    their crops together and hand each photo its share with `finish_photo`.
-    """
-    pending = prepare_photo(img, detector, key, **options)
-    return finish_photo(pending, restore_fn(pending.crops, pending.keys) if pending.num_faces else [])
 
 
 def prepare_photo(img: np.ndarray, detector: FaceDetector, key: str, *,

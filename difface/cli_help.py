@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from .presets import preset_paths
+from .presets import preset_paths, read_config_file
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -41,12 +41,11 @@ def positive(text: str) -> float:
 
 def preset_table() -> str:
     """Each preset's own defaults, read from its YAML (what --start-step etc. default to)."""
-    import yaml
     lines = ["presets (--cfg NAME) and their defaults:"]
     for path in preset_paths():
         try:
-            cfg = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError):
+            cfg = read_config_file(path)
+        except ValueError:
             continue
         s = cfg.get("sampling") or {}
         lines.append(f"  {path.stem:<22} {cfg.get('task', 'restoration')}, {cfg.get('image_size', '?')} px, "

@@ -24,7 +24,7 @@ from models.difface import DTYPES, DifFace, SamplingConfig, known_pixel_correcti
 from models.runtime import configure_backends, prepare_network
 from models.samplers import SAMPLERS
 
-from .presets import bundled_file, preset_dir, preset_paths
+from .presets import bundled_file, preset_dir, preset_paths, read_config_file
 
 TASKS = ("restoration", "inpainting")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -90,10 +90,15 @@ def find_preset(name_or_path: str) -> Path:
 
 
 def load_config(name_or_path: str, overrides: Sequence[str] = ()) -> InferenceConfig:
-    """Schema <- YAML <- `key=value` overrides; validated, then returned read-only."""
+    """Schema <- YAML (over its `base:` preset, if any) <- `key=value` overrides; validated, then
+    returned read-only."""
     path = find_preset(name_or_path)
     try:
-        cfg = OmegaConf.merge(OmegaConf.structured(InferenceConfig), OmegaConf.load(path))
+        data = read_config_file(path)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(InferenceConfig), OmegaConf.create(data))
         if overrides:
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
     except OmegaConfBaseException as e:

@@ -199,11 +199,6 @@ class DiffusionSchedule:
         return (_gather(self.sqrt_recip_alphas_cumprod, index, x_t.ndim) * x_t
                 - _gather(self.sqrt_recipm1_alphas_cumprod, index, x_t.ndim) * eps)
 
-    def predict_eps_from_x0(self, x_t: torch.Tensor, index: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
-        """eps = (sqrt(1/abar) x_t - x0) / sqrt(1/abar - 1)."""
-        return ((_gather(self.sqrt_recip_alphas_cumprod, index, x_t.ndim) * x_t - x0)
-                / _gather(self.sqrt_recipm1_alphas_cumprod, index, x_t.ndim))
-
     def learned_range_log_variance(self, v: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """log sigma^2 = frac log beta_t + (1 - frac) log beta~_t, frac = (v + 1)/2 (improved DDPM Eq. 15)."""
         frac = (v + 1) / 2

@@ -77,3 +77,21 @@ def test_import_is_light_and_lists_the_presets():
     code = "import sys, difface; print(sorted(difface.preset_names())); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True).stdout
     assert "'demo'" in out and "'difface_ffhq512'" in out and out.strip().endswith("False")
+
+
+def test_a_config_with_a_base_is_its_base_with_its_own_keys_over_it(tmp_path):
+    from difface.pipeline import ConfigError, load_config
+    fast, paper = load_config("difface_ffhq512_fast"), load_config("difface_ffhq512")
+    assert fast.prior == paper.prior and fast.estimator == paper.estimator and fast.face == paper.face
+    assert fast.sampling.sampler == "dpmpp_2m" and fast.sampling.steps == 15 and paper.sampling.sampler == "ddim"
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("base: demo\nsampling:\n  start_step: 60\n")
+    cfg = load_config(str(mine))
+    assert cfg.sampling.start_step == 60 and cfg.sampling.grid == load_config("demo").sampling.grid
+    assert cfg.image_size == 64
+    mine.write_text("base: mine.yaml\n")
+    with pytest.raises(ConfigError, match="names itself as a base"):
+        load_config(str(mine))
+    mine.write_text("base: nowhere\n")
+    with pytest.raises(ConfigError, match="base 'nowhere' is neither a file next to it nor a preset"):
+        load_config(str(mine))
