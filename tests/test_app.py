@@ -5,7 +5,7 @@ The browser test needs Debian's `chromium` (/usr/bin/chromium, or $DIFFACE_CHROM
 (as in CI), where that is a failure.
 
 `python tests/test_app.py --screenshot docs/app.png` drives the same page with the bundled demo
-model on an example face and saves the screenshot shown in the README.
+model on an example face and saves the screenshot shown in docs/web_demo.md.
 """
 from __future__ import annotations
 
@@ -333,7 +333,7 @@ def test_a_whole_photo_shows_its_faces(tiny_restorer):
 
 
 def screenshot(out: Path) -> None:
-    """The README's screenshot: the demo model on an example face at its own scale."""
+    """The screenshot of docs/web_demo.md: the demo model on an example face at its own scale."""
     import tempfile
 
     from playwright.sync_api import sync_playwright
