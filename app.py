@@ -52,14 +52,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-download", dest="download", action="store_false", help="never download missing weights")
     p.add_argument("--max-pixels", type=float, default=DEFAULT_MAX_PIXELS,
                    help="larger images are refused, from their header before decoding (default: %(default)g)")
+    p.add_argument("--max-output-pixels", type=float, default=DEFAULT_MAX_PIXELS,
+                   help="whole photos whose restored image would be larger are refused, naming the largest upscale "
+                        "that fits (default: %(default)g; about 20 bytes of memory per output pixel)")
     p.add_argument("--max-file-mb", type=float, default=20.0, help="larger uploads are refused (default: %(default)g)")
     p.add_argument("--concurrency", type=int, default=1,
                    help="restorations run at the same time (default: %(default)s)")
     p.add_argument("--queue-size", type=int, default=20,
                    help="waiting requests beyond this are turned away (default: %(default)s)")
     opts = p.parse_args(argv)
-    if opts.concurrency < 1 or opts.queue_size < 1 or opts.max_pixels <= 0 or opts.max_file_mb <= 0:
-        p.error("--concurrency, --queue-size, --max-pixels and --max-file-mb must be positive")
+    if min(opts.concurrency, opts.queue_size, opts.max_pixels, opts.max_output_pixels, opts.max_file_mb) <= 0:
+        p.error("--concurrency, --queue-size, --max-pixels, --max-output-pixels and --max-file-mb must be positive")
     return opts
 
 
@@ -114,7 +117,7 @@ class Handler:
     def __init__(self, opts: argparse.Namespace):
         self.opts = opts
         self.restorer = Restorer(opts.cfg, device=opts.device, weights_dir=opts.weights_dir, download=opts.download,
-                                 max_pixels=opts.max_pixels)
+                                 max_pixels=opts.max_pixels, max_output_pixels=opts.max_output_pixels)
         for note in self.restorer.notes:
             print(f"warning: {note}", file=sys.stderr)
         self.cfg, self.device = self.restorer.cfg, self.restorer.device

@@ -20,6 +20,7 @@ from .image_io import tensor_to_uint8, uint8_to_tensor
 from .limits import MAX_DOWNSCALE
 
 MIN_SIDE = 512  # photos with a shorter side are first enlarged to it (official behaviour)
+MIN_PHOTO_SIDE = 32  # smaller images cannot hold a face worth restoring
 PASTE_OFFSET = 0.5  # exact pixel-centre correspondence for a background resized by `upscale`
 
 BackgroundFn = Callable[[np.ndarray, int], np.ndarray]
@@ -71,6 +72,32 @@ class PhotoResult:
         if not (self.faces or self.kept):
             parts.append("no face found, the upscaled photo is written")
         return "; ".join(parts)
+
+
+def output_size(width: int, height: int, upscale: int) -> tuple[int, int]:
+    """(width, height) of the restored photo: short side enlarged to MIN_SIDE, then times `upscale`
+    (the sizes `enlarge_to_min_side` and the Lanczos background give), known from the header alone."""
+    if min(width, height) < MIN_SIDE:
+        f = MIN_SIDE / min(width, height)
+        width, height = (MIN_SIDE, round(height * f)) if width <= height else (round(width * f), MIN_SIDE)
+    return int(width * upscale), int(height * upscale)
+
+
+def check_output_size(width: int, height: int, upscale: int, max_pixels: float) -> None:
+    """Raise PhotoTooLarge when the restored photo would exceed `max_pixels`, naming the sizes and
+    the largest upscale that fits."""
+    def pixels(scale: int) -> int:
+        w, h = output_size(width, height, scale)
+        return w * h
+
+    if pixels(upscale) <= max_pixels:
+        return
+    w, h = output_size(width, height, upscale)
+    fits = next((s for s in range(upscale - 1, 0, -1) if pixels(s) <= max_pixels), None)
+    hint = "x".join(map(str, output_size(width, height, fits))) if fits else None
+    raise PhotoTooLarge(f"the restored photo would be {w}x{h} = {w * h / 1e6:.1f} megapixels (input {width}x{height} "
+                        f"at upscale {upscale}), above the output limit of {max_pixels / 1e6:.1f} "
+                        f"(--max-output-pixels); " + (f"upscale {fits} gives {hint}" if fits else "no upscale fits"))
 
 
 def side_by_side(photo: np.ndarray, restored: np.ndarray) -> np.ndarray:

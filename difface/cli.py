@@ -74,8 +74,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     r.add_argument("--compile", action="store_const", const=True, default=None,
                    help="torch.compile the networks (long warm-up; for many faces, mainly on CUDA)")
     r.add_argument("--no-download", dest="download", action="store_false", help="never download missing weights")
-    r.add_argument("--max-pixels", type=positive, default=40_000_000,
+    r.add_argument("--max-pixels", type=positive, default=100_000_000,
                    help="larger images are refused from their header, before decoding")
+    r.add_argument("--max-output-pixels", type=positive, default=100_000_000,
+                   help="whole photos whose restored image would be larger are refused (the largest -s that fits "
+                        "is named); a restored photo takes about 20 bytes of memory per output pixel")
     r.add_argument("--rank-timeout", type=positive, default=120.0,
                    help="under torchrun: seconds rank 0 waits for a silent rank before marking its files failed")
     w = p.add_argument_group("whole photos (without --aligned)")
@@ -281,7 +284,7 @@ def build_restorer(cfg, args):
     return Restorer(cfg, device, weights_dir=args.weights_dir, download=args.download, detector=args.detector,
                     det_threshold=args.det_threshold, min_face_size=args.min_face_size,
                     bg_upsampler=args.bg_upsampler, bg_weights=args.bg_weights, bg_tile=args.bg_tile,
-                    max_pixels=args.max_pixels)
+                    max_pixels=args.max_pixels, max_output_pixels=args.max_output_pixels)
 
 
 def run(cfg, jobs, args) -> dict:

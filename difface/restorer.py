@@ -23,14 +23,17 @@ import torch
 from omegaconf import OmegaConf
 
 from datapipe.aligned import ModelFraming
-from datapipe.image_io import ImageReadError, is_grey, read_image, tensor_to_uint8, to_grey, uint8_to_tensor
-from datapipe.photos import PendingPhoto, PhotoResult, PhotoTooLarge, finish_photo, prepare_photo
+from datapipe.image_io import (ImageReadError, image_size, is_grey, read_image, tensor_to_uint8, to_grey,
+                               uint8_to_tensor)
+from datapipe.photos import (MIN_PHOTO_SIDE, PendingPhoto, PhotoResult, PhotoTooLarge, check_output_size,
+                             finish_photo, prepare_photo)
 from models.difface import DifFace, image_generator, resize_mask
 
 from .pipeline import (ConfigError, InferenceConfig, build_networks, load_config, make_difface, pick_device,
                        pick_dtype, validate)
 
 MIN_FACE_SIDE = 32  # smaller aligned inputs cannot hold a face worth restoring
+MAX_ASPECT = 1.25  # an aligned crop is square; up to 5:4 is taken (and resized), beyond is a photo
 DEFAULT_MAX_PIXELS = 40_000_000
 
 Progress = Callable[[int, int], None]  # (evaluations done, evaluations per chain)
@@ -104,11 +107,17 @@ def _default_name(image) -> str:
     return Path(image).name if isinstance(image, (str, Path)) else "image"
 
 
-def final_image(image: torch.Tensor | np.ndarray, grey: bool) -> np.ndarray:
-    """An output image as it is written: uint8 RGB, made grey for a grey input."""
+def final_image(image: torch.Tensor | np.ndarray, grey: bool, rows: int = 256) -> np.ndarray:
+    """An output image as it is written: uint8 RGB, made grey for a grey input (a large array
+    `rows` at a time, so that a big photo needs no float copy of itself)."""
     if not grey:
         return image if isinstance(image, np.ndarray) else tensor_to_uint8(image)
-    return tensor_to_uint8(to_grey(uint8_to_tensor(image) if isinstance(image, np.ndarray) else image))
+    if not isinstance(image, np.ndarray):
+        return tensor_to_uint8(to_grey(image))
+    out = np.empty_like(image)
+    for top in range(0, image.shape[0], rows):
+        out[top:top + rows] = tensor_to_uint8(to_grey(uint8_to_tensor(np.ascontiguousarray(image[top:top + rows]))))
+    return out
 
 
 class Restorer:
@@ -117,7 +126,9 @@ class Restorer:
     `device` 'auto' (CUDA, else MPS, else CPU), a name or a torch.device; `dtype` fp32, fp16 or
     bf16 (None: the preset's); `overrides`: `key=value` config overrides, as on the command line.
     Whole-photo settings: `detector` (hog, cnn, retinaface), `det_threshold`, `min_face_size`,
-    `bg_upsampler` (lanczos, realesrgan), `bg_weights`, `bg_tile`. `notes` lists what was changed
+    `bg_upsampler` (lanczos, realesrgan), `bg_weights`, `bg_tile`. Limits: `max_pixels` for an input
+    image, `max_output_pixels` for a restored photo (both checked from the header, before decoding).
+    `notes` lists what was changed
     from what was asked (e.g. a precision without fast kernels on this device).
     """
 
@@ -125,7 +136,8 @@ class Restorer:
                  dtype: str | None = None, weights_dir: str | Path | None = None, download: bool = True,
                  overrides: Sequence[str] = (), *, detector: str = "hog", det_threshold: float | None = None,
                  min_face_size: float = 16.0, bg_upsampler: str = "lanczos", bg_weights: str | None = None,
-                 bg_tile: int = 400, max_pixels: float = DEFAULT_MAX_PIXELS):
+                 bg_tile: int = 400, max_pixels: float = DEFAULT_MAX_PIXELS,
+                 max_output_pixels: float = DEFAULT_MAX_PIXELS):
         if OmegaConf.is_config(cfg):  # an already loaded config (the command line's)
             self.cfg = cfg
         else:
@@ -136,7 +148,8 @@ class Restorer:
         self.device = device
         self.dtype, note = pick_dtype(dtype or self.cfg.dtype, self.device)
         self.notes = [note] if note else []
-        self.weights_dir, self.download, self.max_pixels = weights_dir, download, max_pixels
+        self.weights_dir, self.download = weights_dir, download
+        self.max_pixels, self.max_output_pixels = max_pixels, max_output_pixels
         self.estimator, self.prior = build_networks(self.cfg, self.device, weights_dir, download)
         self.method = make_difface(self.cfg, self.estimator, self.prior, self.dtype)
         self.framing = ModelFraming.of(self.cfg.image_size, self.cfg.face.template, self.cfg.face.template_size,
@@ -231,6 +244,9 @@ class Restorer:
         if min(h, w) < MIN_FACE_SIDE:
             raise InputError(f"{name}: image is {w}x{h}, too small to be a face "
                              f"(at least {MIN_FACE_SIDE}x{MIN_FACE_SIDE})")
+        if max(h, w) > MAX_ASPECT * min(h, w):
+            raise InputError(f"{name}: a face crop is square; this image is {w}x{h} (drop --aligned / "
+                             f"aligned=False for photos)")
         if self.cfg.task == "inpainting":
             try:
                 if isinstance(mask, (str, Path)):
@@ -341,8 +357,11 @@ class Restorer:
     def prepare_photo(self, image, name: str, *, upscale: int = 2, only_center_face: bool = False,
                       allow_downscale: bool = False, draw_box: bool = False) -> "PhotoInput":
         """Read a photo, detect and align its faces and upscale its background (no network yet)."""
+        if isinstance(image, (str, Path)) and (size := image_size(image)) is not None:
+            self._check_photo_size(name, *size, upscale)  # from the header: refused before decoding
         img = _as_tensor(image, name, self.max_pixels)
         h, w = img.shape[-2:]
+        self._check_photo_size(name, w, h, upscale)
         grey = is_grey(img)
         photo = tensor_to_uint8(img)
         cfg = self.cfg
@@ -356,6 +375,15 @@ class Restorer:
         except PhotoTooLarge as e:
             raise InputError(f"{name}: {e}") from None
         return PhotoInput(name, photo, grey, pending, {"size": [w, h], "grey": grey})
+
+    def _check_photo_size(self, name: str, w: int, h: int, upscale: int) -> None:
+        if min(w, h) < MIN_PHOTO_SIDE:
+            raise InputError(f"{name}: image is {w}x{h}, too small to hold a face (at least "
+                             f"{MIN_PHOTO_SIDE}x{MIN_PHOTO_SIDE})")
+        try:
+            check_output_size(w, h, upscale, self.max_output_pixels)
+        except PhotoTooLarge as e:
+            raise InputError(f"{name}: {e}") from None
 
     def finish_photos(self, photos: Sequence["PhotoInput"], method: DifFace | None = None,
                       seed: int | None = None, num_samples: int | None = None) -> list[Result]:

@@ -317,6 +317,17 @@ def test_bad_settings_are_refused_with_a_message(tiny_restorer, tmp_path):
     assert str(tmp_path) not in str(caught.value), "no server path in messages"
 
 
+def test_a_photo_too_large_at_the_chosen_upscale_is_refused_with_the_upscale_that_fits(tiny_restorer, tmp_path):
+    import cv2
+    import gradio as gr
+    big = tmp_path / "black.png"  # 36 megapixels, under the upload limit; x4 would be 576
+    cv2.imwrite(str(big), np.zeros((6000, 6000, 3), np.uint8), [cv2.IMWRITE_PNG_COMPRESSION, 9])
+    with pytest.raises(gr.Error, match=r"black.png: the restored photo would be 24000x24000 .*upscale 1 gives "
+                                       r"6000x6000") as caught:
+        tiny_restorer(str(big), False, 100, 0, "ddim", 1, 0, 4, False, False, Bar())
+    assert str(tmp_path) not in str(caught.value)
+
+
 def test_a_whole_photo_shows_its_faces(tiny_restorer):
     photo = REPO / "examples" / "photos" / "group_00.jpg"
     *_, faces, note = _restore(tiny_restorer, photo, aligned=False, upscale=1)
