@@ -18,7 +18,6 @@ import logging
 import math
 import signal
 import sys
-import time
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Optional
@@ -28,24 +27,17 @@ import torch.distributed as dist
 from omegaconf.errors import OmegaConfBaseException
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
-from datapipe.datasets import ResumableSampler, build_dataset
 from models import build_network
-from training import (AMP_DTYPES, LOWER_IS_BETTER, Ema, LRFactor, RunFolder, TrainConfig,
-                      build_objective, config_changes, config_yaml, load_config, rng_state, seed_all,
-                      set_rng_state, setup_distributed, weights_hash)
-from training.guards import LossWatch, StopSignals, ignore_stop_signals, non_finite
-from training.logs import RunLog
+from training import (AMP_DTYPES, Ema, RunFolder, TrainConfig, build_objective,
+                      config_changes, config_yaml, load_config, seed_all, setup_distributed, weights_hash)
+from training.data import build_data
+from training.guards import Guards, TrainingDiverged
+from training.logs import Progress, RunLog, log_summary
+from training.state import apply_optim, build_optimizer, gather_rng_states, restore_rng_states
+from training.validation import image_rows, improves, to_device, validate
 
 log = logging.getLogger("trainer")
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss, gradient norm or weights became NaN/inf; training stopped without saving."""
-
-# fp16: this many GradScaler-skipped steps in a row stop the run as diverged
-MAX_SKIPPED_STEPS = 20
 
 
 class Trainer:
@@ -60,33 +52,32 @@ class Trainer:
         self.folder = RunFolder(self.out, cfg.log.keep_last)
         self.store = self.folder.store
         self.runlog = RunLog(self.out, self.dist.rank, cfg.log.tensorboard)
-        self.watch = LossWatch(cfg.log.spike_factor)
+        self.guards = Guards(self.folder, self.dist, cfg.log.spike_factor)
         self.stopped_by: Optional[int] = None  # the signal that ended train(), if any
         try:
             self._build(cfg, resume)
             self.runlog.open_tensorboard(self.step)
             if self.dist.main:
-                self._summary()
+                params = sum(p.numel() for p in self.net.parameters())
+                log_summary(cfg, self.dist, self.data, params, self.step, self.store.folder)
         except BaseException:
             self.close()
             raise
 
     def _build(self, cfg: TrainConfig, resume: Optional[str]) -> None:
         """Objective, data, network, EMA, optimizer, scheduler, scaler, generators; then resume."""
-        resumed = self._find_resume(resume)
+        resumed = self.folder.open(resume, self.dist)  # (path, state) or None; may roll back
         device, rank = self.dist.device, self.dist.rank
-        self.objective = build_objective(cfg)
-        self._build_data()  # data problems surface before the (large) model is built
+        self.objective = build_objective(cfg.objective, cfg.diffusion, cfg.log.y_channel)
+        # data problems surface before the (large) model is built
+        self.data = build_data(cfg.data, cfg.seed, self.dist, self.objective.inputs, cfg.objective.name)
         seed_all(cfg.seed)  # the same initial weights on every rank
         self.net = build_network(cfg.model.name, cfg.model.params).to(device)
         if cfg.model.weights:
             from models.checkpoint import load_weights
             load_weights(self.net, cfg.model.weights)
         self.ema = Ema(self.net, cfg.ema_rate) if cfg.ema_rate > 0 else None
-        opt = cfg.optim
-        self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=opt.lr, betas=tuple(opt.betas),
-                                           eps=opt.eps, weight_decay=opt.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, LRFactor(opt))
+        self.optimizer, self.scheduler = build_optimizer(self.net, cfg.optim)
         self.scaler = torch.amp.GradScaler(device.type) if cfg.amp == "fp16" else None
         self.generator = torch.Generator(device).manual_seed(cfg.seed + rank)  # t, eps draws
         seed_all(cfg.seed + rank)  # dropout etc.: a different stream per rank
@@ -101,84 +92,15 @@ class Trainer:
         if self.dist.main:
             (self.out / "config.yaml").write_text(config_yaml(cfg))
 
-    # ---- setup -----------------------------------------------------------------------------
-    def _find_resume(self, resume: Optional[str]) -> Optional[tuple[Path, dict]]:
-        """(path, state) to resume from, or None; refuse to train over existing checkpoints.
-
-        Rank 0 first deletes temp files of interrupted writes and, when resuming at step k,
-        moves the checkpoints and exports of steps after k (a rollback, or unreadable newer
-        files) into ``ckpts/rolled_back_after_step_<k>/``: this run's lineage is then the only
-        one in ``ckpts/``, so pruning and a later ``--resume auto`` never mix two runs.
-        """
-        found, error = None, None
-        if self.dist.main:
-            try:
-                for p in self.folder.remove_temp_files():
-                    log.info("deleted %s, left by an interrupted write", p)
-                found = self.folder.resume_source(resume)
-                if found is not None:
-                    self.folder.set_aside(found[1]["step"], "rolled_back")
-            except (OSError, ValueError) as err:  # the other ranks must not wait at the barrier
-                error = err
-        if self.dist.world > 1:
-            dist.barrier()
-            if not self.dist.main:
-                found = self.folder.resume_source(resume)
-        if error is not None:
-            raise error
-        return found
-
-    def _summary(self) -> None:
-        """One block of log lines describing the run before its first step."""
-        cfg, d = self.cfg, self.dist
-        params = sum(p.numel() for p in self.net.parameters())
-        val = len(self.val_loader.dataset) if self.val_loader is not None else 0
-        log.info("network %s: %s parameters; objective %s; amp %s; EMA %s", cfg.model.name, f"{params:,}",
-                 cfg.objective.name, cfg.amp, cfg.ema_rate or "off")
-        log.info("data %s: %d training images, %d validation images", cfg.data.train.name,
-                 len(self.loader.dataset), val)
-        log.info("device %s, world size %d: effective batch %d = %d per process in micro-batches of %d; "
-                 "%d steps per epoch", d.device, d.world, cfg.data.batch_size, self.per_rank,
-                 cfg.data.micro_batch, self.steps_per_epoch)
-        log.info("steps %d -> %d; lr %g (%s); checkpoints every %d steps in %s", self.step, cfg.max_steps,
-                 cfg.optim.lr, cfg.optim.schedule, cfg.log.save_every, self.store.folder)
-
-    def _build_data(self) -> None:
-        cfg, d = self.cfg, self.dist
-        self.per_rank = cfg.data.batch_size // d.world
-        train_set = build_dataset(cfg.data.train, cfg.seed, d.rank)
-        first = train_set[0]
-        missing = [k for k in self.objective.inputs if k not in first]
-        if missing:
-            raise ValueError(f"objective {cfg.objective.name!r} needs {missing} but dataset "
-                             f"{cfg.data.train.name!r} gives {sorted(first)}")
-        self.sampler = ResumableSampler(train_set, d.world, d.rank, shuffle=True, seed=cfg.seed)
-        self.steps_per_epoch = self.sampler.num_samples // self.per_rank
-        if self.steps_per_epoch < 1:
-            raise ValueError(f"{len(train_set)} training images are fewer than the batch "
-                             f"({cfg.data.batch_size} over {d.world} processes)")
-        self.loader = self._loader(train_set, self.per_rank, self.sampler, drop_last=True)
-        self.val_loader = None
-        if cfg.data.val is not None and d.main:
-            val_set = build_dataset(cfg.data.val, cfg.seed, 0)
-            self.val_loader = self._loader(val_set, cfg.data.val_batch, None, drop_last=False)
-
-    def _loader(self, dataset, batch: int, sampler, drop_last: bool) -> DataLoader:
-        workers = self.cfg.data.num_workers
-        return DataLoader(dataset, batch_size=batch, sampler=sampler, shuffle=False, drop_last=drop_last,
-                          num_workers=workers, persistent_workers=workers > 0,
-                          pin_memory=self.dist.device.type == "cuda", worker_init_fn=ignore_stop_signals,
-                          generator=torch.Generator().manual_seed(self.cfg.seed))  # keeps global RNG untouched
+    @property
+    def loader(self) -> DataLoader:
+        """This rank's training batches (``self.data.loader``)."""
+        return self.data.loader
 
     # ---- state -----------------------------------------------------------------------------
     def state_dict(self) -> dict:
         """The whole training state (a collective call: RNG states are gathered from all ranks)."""
-        rngs = [None] * self.dist.world
-        mine = {**rng_state(self.dist.device), "objective": self.generator.get_state()}
-        if self.dist.world > 1:
-            dist.all_gather_object(rngs, mine)
-        else:
-            rngs = [mine]
+        rngs = gather_rng_states(self.dist, self.generator)
         return {"step": self.step, "model": self.net.state_dict(),
                 "ema": self.ema.model.state_dict() if self.ema else None,
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
@@ -188,7 +110,7 @@ class Trainer:
 
     def load_state(self, state: dict) -> None:
         """Weights, EMA, optimizer moments, scaler, schedule position, step, RNG states and best
-        score from ``state``; then the config's optimizer hyper-parameters (:meth:`_apply_optim`)."""
+        score from ``state``; then the config's optimizer hyper-parameters (:func:`apply_optim`)."""
         self.net.load_state_dict(state["model"])
         if self.ema is not None:
             self.ema.model.load_state_dict(state["ema"] if state["ema"] is not None else state["model"])
@@ -197,39 +119,17 @@ class Trainer:
         if self.scaler is not None and state["scaler"] is not None:
             self.scaler.load_state_dict(state["scaler"])
         self.step, self.best = state["step"], state["best"]
-        if state["world_size"] == self.dist.world:
-            rng = state["rng"][self.dist.rank]
-            set_rng_state(rng, self.dist.device)
-            self.generator.set_state(rng["objective"])
-        else:
-            log.warning("checkpoint from %d processes, now %d: RNG streams reseeded from (seed, step)",
-                        state["world_size"], self.dist.world)
-            self.generator.manual_seed(self.cfg.seed + self.dist.rank + 7919 * self.step)
-        self._apply_optim()
+        restore_rng_states(state["rng"], state["world_size"], self.dist, self.generator, self.cfg.seed, self.step)
+        apply_optim(self.optimizer, self.scheduler, self.cfg.optim)
         log.info("from the checkpoint: weights, EMA, optimizer moments, scaler, schedule position (step %d), "
                  "RNG states, best score; from the config: every hyper-parameter", self.step)
         for key, old, new in config_changes(state["config"], self.cfg):
             log.warning("%s = %r from the config (the checkpoint's run had %r)", key, new, old)
 
-    def _apply_optim(self) -> None:
-        """Set lr, betas, eps, weight decay and the LR schedule from the config after a state load
-        (the loaded optimizer and scheduler states carry the old run's values)."""
-        opt, factor = self.cfg.optim, LRFactor(self.cfg.optim)
-        groups = self.optimizer.param_groups
-        self.scheduler.lr_lambdas = [factor] * len(groups)
-        self.scheduler.base_lrs = [opt.lr] * len(groups)
-        for group in groups:
-            group.update(initial_lr=opt.lr, lr=opt.lr * factor(self.scheduler.last_epoch), betas=tuple(opt.betas),
-                         eps=opt.eps, weight_decay=opt.weight_decay)
-        self.scheduler._last_lr = [group["lr"] for group in groups]
-
     def save(self, name: Optional[str] = None) -> Optional[Path]:
         """Checkpoint (all ranks call; rank 0 writes) and export the EMA weights."""
         state = self.state_dict()
-        bad = non_finite(model=state["model"], ema=state["ema"])
-        if bad:
-            raise self._diverged(f"{len(bad)} weight tensors ({', '.join(bad[:3])}) are not finite "
-                                 f"after step {self.step}", self.step)
+        self.guards.check_weights(self.step, model=state["model"], ema=state["ema"])
         if name is None:
             self.saved_step = self.step
         if not self.dist.main:
@@ -244,24 +144,33 @@ class Trainer:
     def export(self, path: Path) -> None:
         """EMA weights (the raw weights without EMA) as safetensors, for inference."""
         from models.checkpoint import save_safetensors
-        net = self.ema.model if self.ema else self.net
-        save_safetensors(net.state_dict(), path, {"network": self.cfg.model.name, "step": str(self.step),
-                                                  "config": config_yaml(self.cfg)})
+        metadata = {"network": self.cfg.model.name, "step": str(self.step), "config": config_yaml(self.cfg)}
+        save_safetensors(self.eval_model().state_dict(), path, metadata)
 
     # ---- the loop --------------------------------------------------------------------------
     def autocast(self):
         dtype = AMP_DTYPES[self.cfg.amp]
         return torch.autocast(self.dist.device.type, dtype=dtype) if dtype else nullcontext()
 
-    def _to_device(self, batch: dict) -> dict:
-        return {k: v.to(self.dist.device, non_blocking=True) if torch.is_tensor(v) and v.is_floating_point()
-                else v for k, v in batch.items()}
-
     def train_step(self, batch: dict) -> dict[str, float]:
-        """One optimizer step over the rank's batch, in micro-batches (DDP syncs on the last)."""
+        """One optimizer step over the rank's batch; returns its loss terms, grad_norm and lr."""
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        batch = self._to_device(batch)
+        stats = self._backward(to_device(batch, self.dist.device))  # 1. loss terms, gradients
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        clip = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else math.inf
+        stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.net.parameters(), clip))  # 2. clipping
+        self.guards.step(self.step + 1, stats, self.optimizer, self.scaler)  # 3. the update, unless diverged
+        stats["lr"] = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step()  # 4. the LR schedule and the EMA
+        if self.ema is not None:
+            self.ema.update(self.net)
+        return stats
+
+    def _backward(self, batch: dict) -> dict[str, float]:
+        """Gradients of the batch's loss, accumulated over micro-batches (DDP syncs on the last);
+        returns the loss terms, means over the rank's batch and then over the ranks."""
         size = next(v for v in batch.values() if torch.is_tensor(v)).shape[0]
         starts = list(range(0, size, self.cfg.data.micro_batch))
         totals: dict[str, torch.Tensor] = {}
@@ -277,113 +186,25 @@ class Trainer:
                 (self.scaler.scale(loss) if self.scaler else loss).backward()
             for k, v in terms.items():
                 totals[k] = totals.get(k, 0.0) + v.detach().float() * weight
-        stats = self._reduce(totals)
-        self._watch_loss(stats["loss"])
-        if self.scaler:
-            self.scaler.unscale_(self.optimizer)
-        clip = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else math.inf
-        stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.net.parameters(), clip))
-        if self.scaler:
-            self._scaler_step(stats)
-        else:
-            if not math.isfinite(stats["grad_norm"]):
-                raise self._diverged(f"the gradient norm is {stats['grad_norm']} at step {self.step + 1}", self.step)
-            self.optimizer.step()
-        stats["lr"] = self.optimizer.param_groups[0]["lr"]
-        self.scheduler.step()
-        if self.ema is not None:
-            self.ema.update(self.net)
-        return stats
-
-    def _reduce(self, totals: dict[str, torch.Tensor]) -> dict[str, float]:
-        """Mean of the step's loss terms over ranks (so every rank sees a NaN together)."""
-        values = torch.stack([totals[k] for k in sorted(totals)])
-        if self.dist.world > 1:
-            dist.all_reduce(values)
-            values /= self.dist.world
-        return dict(zip(sorted(totals), values.tolist()))
-
-    # ---- divergence ------------------------------------------------------------------------
-    # The loss of step k = self.step + 1 is computed with the weights of checkpoint k - 1.
-
-    def _watch_loss(self, loss: float) -> None:
-        """Stop on a NaN/inf loss (fp16: left to the GradScaler); note loss spikes."""
-        k = self.step + 1
-        if not math.isfinite(loss):
-            if self.scaler is None:
-                raise self._diverged(f"the loss is {loss} at step {k}", self.step)
-            return
-        if self.watch.is_new_spike(loss, k):
-            kept = [(s, p) for s, p in self.store.steps() if s <= k - 2]
-            if kept:
-                self.store.protected.add(kept[-1][0])
-            log.warning("loss spike at step %d: %.4g, over %g x the recent median; %s", k, loss,
-                        self.cfg.log.spike_factor,
-                        f"{kept[-1][1].name} (before the spike) will not be pruned" if kept
-                        else "no checkpoint from before it exists")
-
-    def _scaler_step(self, stats: dict) -> None:
-        """fp16: GradScaler skips a step whose gradients overflowed and lowers its scale; many
-        skips in a row mean divergence, not overflow."""
-        scale = self.scaler.get_scale()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        if self.scaler.get_scale() >= scale:
-            self.watch.skipped = 0
-            return
-        self.watch.skipped += 1
-        log.warning("step %d: fp16 gradients overflowed (loss %.4g); the update was skipped, loss scale %g -> %g",
-                    self.step + 1, stats["loss"], scale, self.scaler.get_scale())
-        if self.watch.skipped >= MAX_SKIPPED_STEPS:
-            raise self._diverged(f"{self.watch.skipped} fp16 steps in a row overflowed (up to step "
-                                 f"{self.step + 1})", self.step - self.watch.skipped + 1)
-
-    def _diverged(self, what: str, bad_step: int) -> TrainingDiverged:
-        """The error for a divergence first seen in the weights of step ``bad_step``: checkpoints
-        from that step on (and from an ongoing loss spike) are moved aside, so that
-        ``--resume auto`` continues from the last trustworthy one."""
-        limit = self.watch.trusted_until(bad_step)
-        moved = self.folder.set_aside(limit, "diverged") if self.dist.main else None
-        good = [p for s, p in self.store.steps() if s <= limit]
-        kept = (f"--resume auto continues from {good[-1]}" if good else
-                "no checkpoint from before the divergence exists; start again from step 0")
-        if moved is not None:
-            kept = f"later checkpoints were moved to {moved}; {kept}"
-        return TrainingDiverged(
-            f"{what}: training stopped and nothing was saved; {kept}. Lower optim.lr, set optim.grad_clip, "
-            f"or use amp=none/bf16.")
+        means = self.dist.mean(torch.stack([totals[k] for k in sorted(totals)]))  # every rank sees a NaN
+        return dict(zip(sorted(totals), means.tolist()))
 
     def train(self) -> None:
         """Run until ``max_steps``, then save a final checkpoint and ``export.safetensors``."""
         cfg = self.cfg
-        bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not self.dist.main, dynamic_ncols=True)
-        clock, last_step, window = time.perf_counter(), self.step, {}
-        with StopSignals() as signals:
+        progress = Progress(self.runlog, self.step, cfg.max_steps, cfg.log.log_every, cfg.data.batch_size)
+        with self.guards:  # from here SIGTERM / SIGINT only set a flag, read after each step
             while self.step < cfg.max_steps and self.stopped_by is None:
-                epoch, offset = divmod(self.step, self.steps_per_epoch)
-                self.sampler.set_epoch(epoch, offset * self.per_rank)
-                for batch in self.loader:
+                self.data.start_at(self.step)
+                for batch in self.data.loader:
                     stats = self.train_step(batch)
                     self.step += 1
-                    bar.update(1)
-                    for k, v in stats.items():  # sums over the log window
-                        window[k] = window.get(k, 0.0) + v
-                    if self._due(cfg.log.log_every):
-                        now = time.perf_counter()
-                        means = {k: v / (self.step - last_step) for k, v in window.items()}
-                        means["lr"] = stats["lr"]
-                        means["it_per_s"] = (self.step - last_step) / max(now - clock, 1e-9)
-                        means["img_per_s"] = means["it_per_s"] * cfg.data.batch_size
-                        clock, last_step, window = now, self.step, {}
-                        self.runlog.scalars("train", self.step, means)
-                        bar.set_postfix(loss=f"{means['loss']:.4g}", lr=f"{means['lr']:.2g}")
+                    progress.update(self.step, stats)
                     self._periodic(batch)
-                    if self._stop_requested(signals):
-                        self.stopped_by = signals.received or signal.SIGTERM
+                    self.stopped_by = self.guards.stop_signal()
+                    if self.stopped_by is not None or self.step >= cfg.max_steps:
                         break
-                    if self.step >= cfg.max_steps:
-                        break
-        bar.close()
+        progress.close()
         if self.saved_step != self.step:  # decided in memory: every rank must agree
             self.save()
         if self.stopped_by is not None:
@@ -391,15 +212,6 @@ class Trainer:
                         signal.Signals(self.stopped_by).name, self.step)
         elif self.dist.main:
             self.export(self.out / "export.safetensors")
-
-    def _stop_requested(self, signals: StopSignals) -> bool:
-        """Whether a stop signal reached any rank (all ranks agree, so all save together)."""
-        flag = signals.received is not None
-        if self.dist.world > 1:
-            t = torch.tensor([float(flag)], device=self.dist.device)
-            dist.all_reduce(t, op=dist.ReduceOp.MAX)
-            flag = bool(t.item())
-        return flag
 
     def _due(self, every: int) -> bool:
         return every > 0 and self.step % every == 0
@@ -419,51 +231,22 @@ class Trainer:
     def eval_model(self) -> torch.nn.Module:
         return self.ema.model if self.ema is not None else self.net
 
-    @torch.no_grad()
-    def validate(self) -> dict[str, float]:
-        """Mean validation scores of the EMA model (rank 0): image metrics or the prior's loss."""
-        model, scores = self.eval_model(), {}
-        model.eval()
-        generator = torch.Generator(self.dist.device).manual_seed(self.cfg.seed)
-        for batch in self.val_loader:
-            with self.autocast():
-                for k, v in self.objective.evaluate(model, self._to_device(batch), generator).items():
-                    scores.setdefault(k, []).extend(v)
-        return {k: sum(v) / len(v) for k, v in scores.items()}
-
     def _is_new_best(self) -> bool:
         """Validate on rank 0; tell every rank whether ``log.best_metric`` improved."""
-        flag = [False]
-        if self.dist.main and self.val_loader is not None:
-            scores = self.validate()
+        new = False
+        if self.dist.main and self.data.val_loader is not None:
+            scores = validate(self.eval_model(), self.objective, self.data.val_loader, self.dist.device,
+                              self.autocast, self.cfg.seed)
             self.runlog.scalars("val", self.step, scores)
-            flag = [self._record_best(scores)]
-        if self.dist.world > 1:
-            dist.broadcast_object_list(flag, src=0)
-        return flag[0]
+            metric = self.cfg.log.best_metric
+            if improves(scores, metric, self.best):
+                self.best, new = {"metric": metric, "value": scores[metric], "step": self.step}, True
+        return self.dist.from_main(new)
 
-    def _record_best(self, scores: dict[str, float]) -> bool:
-        metric = self.cfg.log.best_metric
-        if metric not in scores:
-            log.warning("log.best_metric %r is not among the validation scores %s: no best.pt",
-                        metric, sorted(scores))
-            return False
-        value, sign = scores[metric], (-1.0 if metric in LOWER_IS_BETTER else 1.0)
-        if self.best is not None and sign * value <= sign * self.best["value"]:
-            return False
-        self.best = {"metric": metric, "value": value, "step": self.step}
-        return True
-
-    @torch.no_grad()
     def log_images(self, batch: dict) -> None:
         """A grid of the objective's image rows (n images wide) to TensorBoard and a PNG."""
-        n = self.cfg.log.num_images
-        model = self.eval_model()
-        model.eval()
-        small = self._to_device({k: v[:n] for k, v in batch.items()})
-        generator = torch.Generator(self.dist.device).manual_seed(self.cfg.seed)
-        with self.autocast():
-            rows = self.objective.images(model, small, generator)
+        rows = image_rows(self.eval_model(), self.objective, batch, self.cfg.log.num_images, self.dist.device,
+                          self.autocast, self.cfg.seed)
         self.runlog.grid("train", self.step, rows)
 
     def close(self) -> None:
@@ -543,9 +326,6 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 0
     try:
         trainer = train(cfg, args.resume, args.debug_dump_weights_hash)
-    except TrainingDiverged as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     except OSError as err:  # missing data root, full disk, unreadable files
         if err.errno == errno.ENOSPC:
             print(f"error: no space left on the device writing {err.filename or cfg.out_dir}: free some "
@@ -553,7 +333,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         else:
             print(f"error: {err}", file=sys.stderr)
         return 2
-    except ValueError as err:  # empty folder, batch larger than the dataset, unreadable checkpoints
+    except (TrainingDiverged, ValueError) as err:  # divergence, empty folder, too few images, bad checkpoints
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 128 + trainer.stopped_by if trainer.stopped_by is not None else 0

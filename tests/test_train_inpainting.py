@@ -161,8 +161,8 @@ def test_weighted_l1_equals_a_hand_computation():
     # hole_weight 1: the plain mean L1 = (0.6 + 0.9) / 6
     assert WeightedL1(1.0, None)(net, batch, None)["loss"].item() == pytest.approx(0.25, abs=1e-6)
     cfg = load_config(CONFIGS / "tiny_inpainting.yaml", ["data.train.root=x", "objective.hole_weight=3"])
-    assert OBJECTIVES["weighted_l1"](cfg).hole_weight == 3.0
-    rows = OBJECTIVES["weighted_l1"](cfg).images(net, batch, None)
+    assert OBJECTIVES["weighted_l1"](cfg.objective, cfg.diffusion, cfg.log.y_channel).hole_weight == 3.0
+    rows = OBJECTIVES["weighted_l1"](cfg.objective, cfg.diffusion, cfg.log.y_channel).images(net, batch, None)
     assert [r.shape for r in rows] == [hq.shape] * 3 and torch.equal(rows[1], estimate)
     with pytest.raises(ValueError, match="objective.hole_weight"):
         load_config(CONFIGS / "tiny_inpainting.yaml", ["data.train.root=x", "objective.hole_weight=0"])

@@ -243,7 +243,7 @@ def test_a_full_disk_is_an_error_line_with_exit_2(faces, tmp_path, capsys, monke
     def full(state, path):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    monkeypatch.setattr("training.state.save_checkpoint", full)
+    monkeypatch.setattr("training.run.save_checkpoint", full)
     code = main(["--cfg", str(CONFIGS / "tiny_estimator.yaml"), f"data.train.root={faces}", "--out-dir",
                  str(tmp_path), "--max-steps", "2", "log.tensorboard=false", "log.val_every=0"])
     err = capsys.readouterr().err

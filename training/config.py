@@ -1,14 +1,18 @@
 """The typed schema of a training run, merged with YAML and ``key=value`` overrides by OmegaConf.
 
 Unknown keys and wrong types fail in :func:`load_config` with the key's name (OmegaConf);
-:func:`check_config` adds the value checks types cannot express. The resolved config
+:func:`check_config` adds the value checks types cannot express. Names that pick an entry of a
+registry of the training package (objectives, LR schedules) are checked against the allowed
+names the caller passes in (``names``; :func:`training.load_config` passes its registries'),
+so this module imports none of the code that reads the config. The resolved config
 (:func:`config_yaml`) is saved next to the outputs and inside every checkpoint.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import Collection, List, Mapping, Optional
 
 import torch
 from omegaconf import OmegaConf
@@ -17,13 +21,10 @@ from datapipe.datasets import DatasetConfig, check_dataset_config
 from models import NETWORKS, DiffusionConfig, NetworkConfig
 from models.diffusion import BETA_SCHEDULES
 
-from .objectives import OBJECTIVES
-from .state import LR_SCHEDULES
-
 
 @dataclass
 class ObjectiveConfig:
-    """``name``: an :data:`OBJECTIVES` key. ``sample_steps``: DDIM steps of the prior's image grids.
+    """``name``: a key of ``training.objectives.OBJECTIVES``. ``sample_steps``: DDIM steps of the prior's image grids.
     ``hole_weight``: weight of the hole pixels in ``weighted_l1`` (1 outside; official 10)."""
 
     name: str = "l1"
@@ -33,8 +34,9 @@ class ObjectiveConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW and its LR schedule: constant or cosine (floor ``eta_min``, period ``t_max`` steps),
-    both after an optional linear warm-up of ``warmup_steps``. ``grad_clip`` 0 = no clipping."""
+    """AdamW and its LR schedule, one of ``training.state.LR_SCHEDULES``: constant or cosine (floor
+    ``eta_min``, period ``t_max`` steps), both after an optional linear warm-up of ``warmup_steps``.
+    ``grad_clip`` 0 = no clipping."""
 
     lr: float = 1e-4
     weight_decay: float = 0.0
@@ -102,15 +104,17 @@ LOWER_IS_BETTER = ("loss", "mse", "vb", "lpips")
 BEST_METRICS = ("psnr", "ssim", *LOWER_IS_BETTER)
 
 
-def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
-    """Schema <- YAML file <- ``key=value`` overrides; unknown keys / wrong types raise here."""
+def load_config(path: str | Path | None, overrides: list[str] = (),
+                names: Optional[Mapping[str, Collection[str]]] = None) -> TrainConfig:
+    """Schema <- YAML file <- ``key=value`` overrides; unknown keys / wrong types raise here, and
+    so do values outside ``names`` (dotted key -> allowed names, see :func:`check_config`)."""
     if path and not Path(path).is_file():
         raise FileNotFoundError(f"config file '{path}' does not exist")
     merged = OmegaConf.merge(OmegaConf.structured(TrainConfig),
                              OmegaConf.load(path) if path else {},
                              OmegaConf.from_dotlist(list(overrides)))
     cfg = OmegaConf.to_object(merged)
-    check_config(cfg)
+    check_config(cfg, names)
     return cfg
 
 
@@ -137,15 +141,13 @@ def _allowed(key: str, value, allowed) -> None:
         raise ValueError(f"{key}={value!r} is not allowed; choose one of {sorted(allowed)}")
 
 
-def check_config(cfg: TrainConfig) -> None:
-    """Value checks OmegaConf's types cannot express; each error names the key."""
-    _allowed("model.name", cfg.model.name, NETWORKS)
-    _allowed("objective.name", cfg.objective.name, OBJECTIVES)
-    _allowed("optim.schedule", cfg.optim.schedule, LR_SCHEDULES)
-    _allowed("diffusion.schedule", cfg.diffusion.schedule, BETA_SCHEDULES)
-    _allowed("amp", cfg.amp, AMP_DTYPES)
-    _allowed("device", cfg.device, DEVICES)
-    _allowed("log.best_metric", cfg.log.best_metric, BEST_METRICS)
+def check_config(cfg: TrainConfig, names: Optional[Mapping[str, Collection[str]]] = None) -> None:
+    """Value checks OmegaConf's types cannot express; each error names the key. ``names``: the
+    allowed values of more dotted keys, e.g. ``{"objective.name": OBJECTIVES}``."""
+    choices = {"model.name": NETWORKS, **(names or {}), "diffusion.schedule": BETA_SCHEDULES,
+               "amp": AMP_DTYPES, "device": DEVICES, "log.best_metric": BEST_METRICS}
+    for key, allowed in choices.items():
+        _allowed(key, functools.reduce(getattr, key.split("."), cfg), allowed)
     check_dataset_config(cfg.data.train, "data.train")
     if cfg.data.val is not None:
         check_dataset_config(cfg.data.val, "data.val")

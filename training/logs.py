@@ -1,4 +1,5 @@
-"""What a run reports: log lines (stderr through tqdm, ``train.log``), TensorBoard, image grids.
+"""What a run reports: log lines (stderr through tqdm, ``train.log``), TensorBoard, image grids,
+the progress bar and the training scalars (:class:`Progress`).
 
 Only rank 0 writes files; other ranks print warnings and errors only. :meth:`RunLog.close`
 restores the loggers it configured, so runs in one process (tests) do not leak handlers.
@@ -7,12 +8,19 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm import tqdm
 
 from datapipe.image_io import write_image
+
+if TYPE_CHECKING:
+    from .config import TrainConfig
+    from .data import TrainData
+    from .state import Dist
 
 LOGGERS = ("trainer", "datapipe")
 
@@ -75,6 +83,50 @@ class RunLog:
             _drop_handlers(logger)
             logger.setLevel(level)
             logger.propagate = propagate
+
+
+class Progress:
+    """The progress bar of the training steps and, every ``log_every`` steps (0 = never), one
+    ``train`` line of :meth:`RunLog.scalars`: the means of the step statistics since the last
+    line (``lr``: the last step's), iterations and images per second."""
+
+    def __init__(self, runlog: RunLog, step: int, max_steps: int, log_every: int, batch_size: int):
+        self.runlog, self.log_every, self.batch_size = runlog, log_every, batch_size
+        self.bar = tqdm(total=max_steps, initial=step, disable=not runlog.main, dynamic_ncols=True)
+        self.clock, self.start, self.sums = time.perf_counter(), step, {}
+
+    def update(self, step: int, stats: dict[str, float]) -> None:
+        """Step ``step`` is done; ``stats``: its loss terms, grad_norm and lr."""
+        self.bar.update(1)
+        for k, v in stats.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        if self.log_every > 0 and step % self.log_every == 0:
+            now = time.perf_counter()
+            means = {k: v / (step - self.start) for k, v in self.sums.items()}
+            means["lr"] = stats["lr"]
+            means["it_per_s"] = (step - self.start) / max(now - self.clock, 1e-9)
+            means["img_per_s"] = means["it_per_s"] * self.batch_size
+            self.clock, self.start, self.sums = now, step, {}
+            self.runlog.scalars("train", step, means)
+            self.bar.set_postfix(loss=f"{means['loss']:.4g}", lr=f"{means['lr']:.2g}")
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def log_summary(cfg: "TrainConfig", d: "Dist", data: "TrainData", params: int, step: int, ckpts: Path) -> None:
+    """One block of log lines describing the run before its first step."""
+    log = logging.getLogger("trainer")
+    val = len(data.val_loader.dataset) if data.val_loader is not None else 0
+    log.info("network %s: %s parameters; objective %s; amp %s; EMA %s", cfg.model.name, f"{params:,}",
+             cfg.objective.name, cfg.amp, cfg.ema_rate or "off")
+    log.info("data %s: %d training images, %d validation images", cfg.data.train.name,
+             len(data.loader.dataset), val)
+    log.info("device %s, world size %d: effective batch %d = %d per process in micro-batches of %d; "
+             "%d steps per epoch", d.device, d.world, cfg.data.batch_size, data.per_rank,
+             cfg.data.micro_batch, data.steps_per_epoch)
+    log.info("steps %d -> %d; lr %g (%s); checkpoints every %d steps in %s", step, cfg.max_steps,
+             cfg.optim.lr, cfg.optim.schedule, cfg.log.save_every, ckpts)
 
 
 def _drop_handlers(logger: logging.Logger) -> None:

@@ -10,17 +10,17 @@ L1 is weighted by the mask from the batch (``(B, 1, H, W)`` float32 in {0, 1}, 1
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 
 from datapipe.image_io import tensor_to_uint8
+from models import DiffusionConfig
 from models.diffusion import DiffusionSchedule, hybrid_loss, space_timesteps
 from models.samplers import ddim_sample_loop
 
-if TYPE_CHECKING:
-    from .config import TrainConfig
+from .config import ObjectiveConfig
 
 log = logging.getLogger("trainer")
 
@@ -177,21 +177,22 @@ class HybridDiffusionLoss:
         return {k: v.tolist() for k, v in self.terms(model, batch, generator).items()}
 
 
-def _schedule(cfg: "TrainConfig") -> DiffusionSchedule:
-    return DiffusionSchedule.from_name(cfg.diffusion.schedule, cfg.diffusion.steps)
+def _hybrid(cfg: ObjectiveConfig, diffusion: DiffusionConfig, y_channel: bool) -> HybridDiffusionLoss:
+    return HybridDiffusionLoss(DiffusionSchedule.from_name(diffusion.schedule, diffusion.steps), cfg.sample_steps)
 
 
-# name -> factory(cfg).
-OBJECTIVES: dict[str, Callable[["TrainConfig"], object]] = {
-    "l1": lambda cfg: PixelLoss(1, ImageScores(cfg.log.y_channel)),
-    "l2": lambda cfg: PixelLoss(2, ImageScores(cfg.log.y_channel)),
-    "hybrid": lambda cfg: HybridDiffusionLoss(_schedule(cfg), cfg.objective.sample_steps),
-    "weighted_l1": lambda cfg: WeightedL1(cfg.objective.hole_weight, ImageScores(cfg.log.y_channel)),
+# name -> factory(objective settings, diffusion settings, y_channel of the validation PSNR/SSIM).
+OBJECTIVES: dict[str, Callable[[ObjectiveConfig, DiffusionConfig, bool], object]] = {
+    "l1": lambda cfg, diffusion, y_channel: PixelLoss(1, ImageScores(y_channel)),
+    "l2": lambda cfg, diffusion, y_channel: PixelLoss(2, ImageScores(y_channel)),
+    "hybrid": _hybrid,
+    "weighted_l1": lambda cfg, diffusion, y_channel: WeightedL1(cfg.hole_weight, ImageScores(y_channel)),
 }
 
 
-def build_objective(cfg: "TrainConfig"):
-    """The objective named ``cfg.objective.name``; an unknown name raises with the allowed names."""
-    if cfg.objective.name not in OBJECTIVES:
-        raise ValueError(f"unknown objective {cfg.objective.name!r}; allowed: {sorted(OBJECTIVES)}")
-    return OBJECTIVES[cfg.objective.name](cfg)
+def build_objective(cfg: ObjectiveConfig, diffusion: DiffusionConfig, y_channel: bool):
+    """The objective named ``cfg.name``; an unknown name raises with the allowed names.
+    ``diffusion``: the prior's noise schedule; ``y_channel``: PSNR/SSIM of validations on Y."""
+    if cfg.name not in OBJECTIVES:
+        raise ValueError(f"unknown objective {cfg.name!r}; allowed: {sorted(OBJECTIVES)}")
+    return OBJECTIVES[cfg.name](cfg, diffusion, y_channel)

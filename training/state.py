@@ -1,7 +1,8 @@
-"""Training state: LR schedules, EMA, RNG states, checkpoint files, processes.
+"""Training state: LR schedules, EMA, RNG states, processes.
 
-Everything a checkpoint holds is tensors and plain Python types, so that
-``torch.load(..., weights_only=True)`` reads it back.
+What a checkpoint holds besides the network and optimizer: the LR schedule's position, the
+EMA copy and every rank's RNG states, all as tensors and plain Python types (read back with
+``torch.load(..., weights_only=True)``; the files themselves are :mod:`training.run`'s).
 """
 from __future__ import annotations
 
@@ -12,14 +13,11 @@ import math
 import os
 import random
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.distributed as dist
-
-from models.checkpoint import save_checkpoint
 
 if TYPE_CHECKING:
     from .config import OptimConfig
@@ -52,6 +50,27 @@ class LRFactor:
 LR_SCHEDULES = ("constant", "cosine")
 
 
+def build_optimizer(net: torch.nn.Module, cfg: "OptimConfig") -> tuple[torch.optim.AdamW,
+                                                                       torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW over ``net``'s parameters and its LR schedule (:class:`LRFactor`)."""
+    optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
+                                  weight_decay=cfg.weight_decay)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, LRFactor(cfg))
+
+
+def apply_optim(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR,
+                cfg: "OptimConfig") -> None:
+    """Set lr, betas, eps, weight decay and the LR schedule from ``cfg`` after a state load (the
+    loaded optimizer and scheduler states carry the old run's values); the position is kept."""
+    factor, groups = LRFactor(cfg), optimizer.param_groups
+    scheduler.lr_lambdas = [factor] * len(groups)
+    scheduler.base_lrs = [cfg.lr] * len(groups)
+    for group in groups:
+        group.update(initial_lr=cfg.lr, lr=cfg.lr * factor(scheduler.last_epoch), betas=tuple(cfg.betas),
+                     eps=cfg.eps, weight_decay=cfg.weight_decay)
+    scheduler._last_lr = [group["lr"] for group in groups]
+
+
 class Ema:
     """Exponential moving average of a network: ema = rate * ema + (1 - rate) * param, every
     step, over the whole state dict (integer buffers copied). ``model`` is the averaged copy."""
@@ -70,7 +89,7 @@ class Ema:
 
 
 # --------------------------------------------------------------------------------------------
-# Checkpoints: atomic files, last K + best, resume from the latest readable one
+# RNG states of every rank
 # --------------------------------------------------------------------------------------------
 
 
@@ -100,179 +119,29 @@ def set_rng_state(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-class CheckpointStore:
-    """``<folder>/step_<N>.pt`` files (temp file + rename), the newest ``keep_last`` kept
-    (0 = all; at least 2, because the newest one is vouched for only by the loss of a later
-    step), plus ``best.pt``. Leftover temp files (``.step_*.tmp``) are never read.
-
-    Pruning looks only at checkpoints of this run's lineage: files with a step above the one
-    just saved (from an abandoned future, see :meth:`set_aside`) are never counted, and the
-    steps in ``protected`` (the last checkpoint before a loss spike) are never deleted.
-    """
-
-    def __init__(self, folder: str | Path, keep_last: int):
-        self.folder, self.keep_last = Path(folder), keep_last
-        self.protected: set[int] = set()
-
-    def path(self, step: int) -> Path:
-        return self.folder / f"step_{step:08d}.pt"
-
-    def steps(self) -> list[tuple[int, Path]]:
-        """(step, path) of the step checkpoints on disk, oldest first."""
-        found = []
-        for p in self.folder.glob("step_*.pt"):
-            try:
-                found.append((int(p.stem.split("_")[1]), p))
-            except ValueError:
-                continue
-        return sorted(found)
-
-    def save(self, state: dict, name: str | None = None) -> Path:
-        """Write ``state`` as ``step_<state['step']>.pt`` (or ``name``) atomically; prune old ones."""
-        path = self.folder / name if name else self.path(state["step"])
-        save_checkpoint(state, path)
-        if self.keep_last > 0 and not name:
-            lineage = [(s, p) for s, p in self.steps() if s <= state["step"] and s not in self.protected]
-            for _, old in lineage[:-max(self.keep_last, 2)]:
-                old.unlink(missing_ok=True)
-        return path
-
-    def remove_temp_files(self) -> list[Path]:
-        """Delete the temp files that interrupted writes left behind; return their paths."""
-        stale = sorted(self.folder.glob(".*.tmp")) if self.folder.is_dir() else []
-        for p in stale:
-            p.unlink(missing_ok=True)
-        return stale
-
-    def set_aside(self, step: int, extra: list[Path] = (), reason: str = "rolled_back") -> Optional[Path]:
-        """Move checkpoints with a step above ``step`` (and ``best.pt`` when it is newer, and the
-        ``extra`` files) into a new sub-folder ``<reason>_after_step_<step>[_k]``; nothing is deleted.
-
-        Returns the sub-folder, or None when there was nothing to move.
-        """
-        later = [p for s, p in self.steps() if s > step] + list(extra)
-        best = self.folder / "best.pt"
-        if best.is_file():
-            try:
-                if self.load(best)["step"] > step:
-                    later.append(best)
-            except ValueError:
-                later.append(best)
-        if not later:
-            return None
-        base = self.folder / f"{reason}_after_step_{step:08d}"
-        target, k = base, 1
-        while target.exists():
-            target, k = Path(f"{base}_{k}"), k + 1
-        target.mkdir(parents=True)
-        for p in later:
-            os.replace(p, target / p.name)
-        return target
-
-    @staticmethod
-    def load(path: str | Path) -> dict:
-        """Read a training checkpoint (``weights_only=True``, on CPU); raise ValueError if bad."""
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:
-            raise ValueError(f"checkpoint {path} is unreadable (truncated or corrupt?): "
-                             f"{type(err).__name__}: {str(err)[:200]}") from err
-        missing = [k for k in ("step", "model", "optimizer", "scheduler", "config") if k not in state]
-        if missing:
-            raise ValueError(f"checkpoint {path} is not a training checkpoint: it lacks {missing}")
-        return state
-
-    def latest_valid(self) -> Optional[tuple[Path, dict]]:
-        """The newest readable step checkpoint, else a readable ``best.pt`` (with a warning).
-
-        Unreadable newer ones are skipped with a warning. Raises ``ResumeError`` when
-        checkpoints exist but none of them (``best.pt`` included) can be read; None when the
-        folder holds no checkpoint at all.
-        """
-        errors = []
-        for _, path in reversed(self.steps()):
-            try:
-                return path, self.load(path)
-            except ValueError as err:
-                log.warning("skipping checkpoint: %s", err)
-                errors.append(str(err))
-        best = self.folder / "best.pt"
-        if best.is_file():
-            try:
-                state = self.load(best)
-            except ValueError as err:
-                errors.append(str(err))
-            else:
-                if errors:
-                    log.warning("every step checkpoint in %s is unreadable; falling back to %s (step %d)",
-                                self.folder, best, state["step"])
-                return best, state
-        if errors:
-            raise ResumeError(f"every checkpoint in {self.folder} is unreadable ({errors[0]}); nothing to "
-                              f"resume from. Move them elsewhere to start again from step 0, or give "
-                              f"--resume PATH")
-        return None
+def gather_rng_states(d: "Dist", generator: torch.Generator) -> list[dict]:
+    """Every rank's global RNG states and ``generator``'s (the objective's t and eps draws), in
+    rank order (a collective call)."""
+    mine = {**rng_state(d.device), "objective": generator.get_state()}
+    if d.world == 1:
+        return [mine]
+    states = [None] * d.world
+    dist.all_gather_object(states, mine)
+    return states
 
 
-class ResumeError(ValueError):
-    """Checkpoints exist but none can be resumed from."""
-
-
-def step_of(path: Path) -> int:
-    """The step in a name like ``ema_00000040.safetensors`` (-1 if none)."""
-    digits = path.stem.rsplit("_", 1)[-1]
-    return int(digits) if digits.isdigit() else -1
-
-
-class RunFolder:
-    """A run's ``out_dir``: its :class:`CheckpointStore` (``ckpts/``) and EMA exports
-    (``ema_<N>.safetensors``), and the decisions about them: where to resume, which later files
-    to set aside, which exports to prune, which temp files to delete."""
-
-    def __init__(self, out: str | Path, keep_last: int):
-        self.out = Path(out)
-        self.store = CheckpointStore(self.out / "ckpts", keep_last)
-
-    def remove_temp_files(self) -> list[Path]:
-        """Delete the temp files that interrupted checkpoint or export writes left behind."""
-        stale = self.store.remove_temp_files()
-        for p in [*self.out.glob(".ema_*.tmp"), *self.out.glob(".export.safetensors.*.tmp")]:
-            p.unlink(missing_ok=True)
-            stale.append(p)
-        return stale
-
-    def resume_source(self, resume: Optional[str]) -> Optional[tuple[Path, dict]]:
-        """(path, state) for ``--resume auto|PATH``, or None; refuse to train over checkpoints."""
-        if resume == "auto":
-            found = self.store.latest_valid()
-            if found is None:
-                log.info("--resume auto: no checkpoint in %s, starting from step 0", self.store.folder)
-            return found
-        if resume:
-            if not Path(resume).is_file():
-                raise FileNotFoundError(f"--resume {resume}: no such checkpoint file")
-            return Path(resume), CheckpointStore.load(resume)
-        if self.store.steps():
-            raise FileExistsError(f"{self.store.folder} already holds checkpoints; continue with "
-                                  f"--resume auto or choose another --out-dir")
-        return None
-
-    def set_aside(self, step: int, reason: str) -> Optional[Path]:
-        """Move checkpoints and EMA exports of steps after ``step`` into ``ckpts/<reason>_after_step_<step>``."""
-        exports = [p for p in self.out.glob("ema_*.safetensors") if step_of(p) > step]
-        moved = self.store.set_aside(step, exports, reason)
-        if moved is not None:
-            log.warning("the checkpoints after step %d (%s) were moved to %s; they are neither pruned "
-                        "nor resumed from", step, ", ".join(sorted(p.name for p in moved.iterdir())), moved)
-        return moved
-
-    def prune_exports(self, step: int) -> None:
-        """Keep the EMA exports of the checkpoints kept (same rule as the store's pruning)."""
-        keep = max(self.store.keep_last, 2) if self.store.keep_last > 0 else 0
-        lineage = sorted(p for p in self.out.glob("ema_*.safetensors")
-                         if step_of(p) <= step and step_of(p) not in self.store.protected)
-        for old in lineage[:-keep] if keep > 0 else []:
-            old.unlink(missing_ok=True)
+def restore_rng_states(states: list[dict], world: int, d: "Dist", generator: torch.Generator, seed: int,
+                       step: int) -> None:
+    """Inverse of :func:`gather_rng_states` for this rank (``world``: the saving run's number of
+    processes); from another number, ``generator`` is reseeded from (seed, rank, step) and the
+    global states are kept."""
+    if world == d.world:
+        set_rng_state(states[d.rank], d.device)
+        generator.set_state(states[d.rank]["objective"])
+    else:
+        log.warning("checkpoint from %d processes, now %d: RNG streams reseeded from (seed, step)",
+                    world, d.world)
+        generator.manual_seed(seed + d.rank + 7919 * step)
 
 
 # --------------------------------------------------------------------------------------------
@@ -291,6 +160,30 @@ class Dist:
     @property
     def main(self) -> bool:
         return self.rank == 0
+
+    # collective calls: every rank makes them, in the same order
+    def mean(self, values: torch.Tensor) -> torch.Tensor:
+        """Element-wise mean of ``values`` over the ranks (in place)."""
+        if self.world > 1:
+            dist.all_reduce(values)
+            values /= self.world
+        return values
+
+    def any(self, flag: bool) -> bool:
+        """Whether ``flag`` is true on any rank."""
+        if self.world == 1:
+            return flag
+        t = torch.tensor([float(flag)], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
+    def from_main(self, obj):
+        """Rank 0's ``obj`` (a picklable object), on every rank."""
+        if self.world == 1:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
 
 
 def setup_distributed(device: str) -> Dist:
