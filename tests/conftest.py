@@ -1,4 +1,5 @@
-"""Shared test helpers: where the official reference outputs and the shared face images live."""
+"""Shared test helpers; the files the tests read live in tests/fixtures/ (official reference
+outputs in official/, real face photos in faces/: see the README.md and SOURCES.md there)."""
 import os
 from pathlib import Path
 
@@ -9,8 +10,10 @@ import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURES = Path(os.environ.get("DIFFACE_FIXTURES", REPO.parent / "shared" / "fixtures" / "official"))
-SHARED_DATA = Path(os.environ.get("DIFFACE_SHARED_DATA", REPO.parent / "shared" / "data"))
+# DIFFACE_FIXTURES points the parity tests at another reference set, for example one rebuilt with
+# scripts/make_official_fixtures.py
+FIXTURES = Path(os.environ.get("DIFFACE_FIXTURES", REPO / "tests" / "fixtures" / "official"))
+FACE_IMAGES = REPO / "tests" / "fixtures" / "faces"
 
 # Reference outputs were produced on CPU in float32; keep matmuls exact and results repeatable.
 torch.backends.cuda.matmul.allow_tf32 = False
@@ -39,18 +42,23 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+def _folder(path: Path) -> Path:
+    """The folder, or an error (never a skip): the repository carries every file its tests read."""
+    if not path.is_dir():
+        raise FileNotFoundError(f"test fixture folder not found: {path}")
+    return path
+
+
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
-    if not FIXTURES.is_dir():
-        pytest.skip(f"official fixture folder not found: {FIXTURES} (set DIFFACE_FIXTURES)")
-    return FIXTURES
+    """Reference outputs of the official implementation (tests/fixtures/official/README.md)."""
+    return _folder(FIXTURES)
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"shared face data not found: {SHARED_DATA} (set DIFFACE_SHARED_DATA)")
-    return SHARED_DATA
+def face_images() -> Path:
+    """Real face photos, laid out as tests/fixtures/faces/SOURCES.md lists them."""
+    return _folder(FACE_IMAGES)
 
 
 TINY_SWINIR = dict(img_size=8, patch_size=1, in_chans=3, embed_dim=12, depths=[1], num_heads=[2], window_size=4,

@@ -48,11 +48,11 @@ def test_aligned_ffhq_crop_is_reframed_to_the_demo_template(demo_framing):
     assert back[:, 45:55, 45:55].max() < 0.02, "the centre is the model's output"
 
 
-def test_demo_on_aligned_ffhq_faces_keeps_everything_outside_its_crop(shared_data, tmp_path, capsys):
+def test_demo_on_aligned_ffhq_faces_keeps_everything_outside_its_crop(face_images, tmp_path, capsys):
     src = tmp_path / "in"
     src.mkdir()
     for name in ("0143.png", "0240.png"):
-        shutil.copy(shared_data / "lq_cropped" / "codeformer_difface_cropped_faces" / name, src)
+        shutil.copy(face_images / "lq_cropped" / "codeformer_difface_cropped_faces" / name, src)
     out = tmp_path / "out"
     assert _run("-i", src, "-o", out, "--aligned", "--cfg", "demo", "--steps", 2) == 0
     err = capsys.readouterr().err
@@ -83,10 +83,10 @@ def test_grey_input_gives_grey_output(tiny_cfg, tmp_path):
     assert not torch.equal(c[0], c[1]), "colour input stays colour"
 
 
-def test_whole_photo_large_face_is_left_untouched_by_the_demo(shared_data, tmp_path, capsys):
+def test_whole_photo_large_face_is_left_untouched_by_the_demo(face_images, tmp_path, capsys):
     src = tmp_path / "in"
     src.mkdir()
-    shutil.copy(shared_data / "lq_whole" / "dfdnet_testwhole" / "test4.jpg", src)
+    shutil.copy(face_images / "lq_whole" / "dfdnet_testwhole" / "test4.jpg", src)
     out = tmp_path / "out"
     assert _run("-i", src, "-o", out, "--cfg", "demo", "--steps", 2) == 0
     err = capsys.readouterr().err
@@ -104,15 +104,17 @@ def test_whole_photo_large_face_is_left_untouched_by_the_demo(shared_data, tmp_p
     assert not np.array_equal(tensor_to_uint8(read_image(forced / "restored_image" / "test4.png")), expected)
 
 
-def test_ffhq_rule_on_68_points_recovers_ffhq_crops(shared_data):
+def test_ffhq_rule_on_68_points_recovers_ffhq_crops(face_images):
     """FFHQ faces placed in a larger canvas: the 68-point FFHQ rule finds their crop again (median
     corner error a few px at 512), far closer than the five-point similarity fit."""
     detector = FaceDetector()
     rng = np.random.default_rng(0)
     err68, err5 = [], []
     corners = np.array([[-0.5, -0.5], [511.5, -0.5], [-0.5, 511.5], [511.5, 511.5]])
-    for path in sorted((shared_data / "hq_aligned" / "ffhq_1024_gpen_ffhq10").glob("*.png")):
-        face = cv2.resize(tensor_to_uint8(read_image(path)), (512, 512), interpolation=cv2.INTER_AREA)
+    paths = sorted((face_images / "hq_aligned" / "ffhq_512").glob("*.jpg"))
+    assert len(paths) == 6
+    for path in paths:
+        face = tensor_to_uint8(read_image(path))  # 512 px FFHQ crops
         s, th = rng.uniform(0.6, 0.9), np.deg2rad(rng.uniform(-10, 10))
         rot = s * np.array([[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]])
         placed = np.hstack([rot, (np.array([400, 380]) - rot @ [255.5, 255.5])[:, None]])

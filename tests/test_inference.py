@@ -156,14 +156,14 @@ def test_missing_registry_weights_are_downloaded_and_verified(registry_cfg, serv
 
 # ---- whole photos ---------------------------------------------------------------------------
 
-def test_whole_photos_faces_are_restored_and_pasted(tiny_cfg, tmp_path, shared_data):
+def test_whole_photos_faces_are_restored_and_pasted(tiny_cfg, tmp_path, face_images):
     import shutil
 
     from datapipe.image_io import read_image
     src = tmp_path / "photos"
     src.mkdir()
-    shutil.copy(shared_data / "lq_whole" / "dfdnet_testwhole" / "test1.jpg", src)
-    shutil.copy(shared_data / "lq_whole" / "codeformer_whole_imgs" / "02.png", src)  # RGBA, 4 faces
+    shutil.copy(face_images / "lq_whole" / "dfdnet_testwhole" / "test1.jpg", src)
+    shutil.copy(face_images / "lq_whole" / "codeformer_whole_imgs" / "00.jpg", src)  # four people
     grey = (read_image(src / "test1.jpg").mean(0) * 255).numpy().astype(np.uint8)
     import cv2
     cv2.imwrite(str(src / "grey.png"), grey)
@@ -174,7 +174,7 @@ def test_whole_photos_faces_are_restored_and_pasted(tiny_cfg, tmp_path, shared_d
     manifest = json.loads(next(out.glob("manifest_*.json")).read_text())
     records = {Path(r["input"]).name: r for r in manifest["images"]}
     assert len(records["test1.jpg"]["faces"]) >= 1 and len(records["grey.png"]["faces"]) >= 1
-    assert len(records["02.png"]["faces"]) >= 4
+    assert len(records["00.jpg"]["faces"]) >= 4
     for name in ("landscape.png", "dot.png"):
         assert records[name]["status"] == "no face" and records[name]["faces"] == []
     for name, record in records.items():
@@ -182,7 +182,7 @@ def test_whole_photos_faces_are_restored_and_pasted(tiny_cfg, tmp_path, shared_d
         factor = max(1.0, 512 / min(w, h))
         expected = (round(h * factor) * 2, round(w * factor) * 2)
         assert read_image(out / "restored_image" / (Path(name).stem + ".png")).shape[-2:] == expected, name
-    assert (out / "cropped_faces" / "02_00.png").is_file() and (out / "restored_faces" / "02_03.png").is_file()
+    assert (out / "cropped_faces" / "00_00.png").is_file() and (out / "restored_faces" / "00_03.png").is_file()
     grey_out = read_image(out / "restored_image" / "grey.png")
     assert torch.equal(grey_out[0], grey_out[1]) and torch.equal(grey_out[1], grey_out[2]), "grey input, tinted output"
     # faces of several photos in one batch (4 + 1 + 1 faces, photos without a face between): same files
@@ -238,11 +238,11 @@ def tiny_inpaint_cfg(tiny_cfg, tmp_path_factory) -> Path:
     return path
 
 
-def test_inpainting_black_holes_white_scribbles_and_mask_files(tiny_inpaint_cfg, tmp_path, shared_data, capsys):
+def test_inpainting_black_holes_white_scribbles_and_mask_files(tiny_inpaint_cfg, tmp_path, face_images, capsys):
     from datapipe.image_io import read_image
     from datapipe.masks import detect_black_holes, detect_white_scribbles
 
-    black = shared_data / "masked" / "difface_inpainting_256"
+    black = face_images / "masked" / "difface_inpainting_256"
     out = tmp_path / "black"
     assert _run("-i", black, "-o", out, "--aligned", "--cfg", tiny_inpaint_cfg) == 0
     for src in sorted(black.glob("*.png")):
@@ -251,7 +251,7 @@ def test_inpainting_black_holes_white_scribbles_and_mask_files(tiny_inpaint_cfg,
         assert torch.equal(res[known], (y[known] * 255).round() / 255), f"{src.name}: known pixels changed"
         assert (res[~known] > 0).float().mean() > 0.5, f"{src.name}: the hole was not filled"
 
-    white = shared_data / "masked" / "codeformer_masked_faces"
+    white = face_images / "masked" / "codeformer_masked_faces"
     out = tmp_path / "white"
     assert _run("-i", white, "-o", out, "--aligned", "--cfg", tiny_inpaint_cfg, "--mask-style", "white") == 0
     for src in sorted(white.glob("*.png")):

@@ -140,8 +140,8 @@ def test_mixed_uses_only_weighted_kinds():
 # Detection
 # --------------------------------------------------------------------------------------------
 
-def test_black_holes_on_shared_faces(shared_data):
-    paths = list_images(shared_data / "masked" / "difface_inpainting_256")
+def test_black_holes_on_real_faces(face_images):
+    paths = list_images(face_images / "masked" / "difface_inpainting_256")
     assert paths
     for path in paths:
         img = read_image(path)
@@ -160,8 +160,8 @@ def test_black_holes_nothing_without_exact_black():
     assert detect_black_holes(img).sum() == 16
 
 
-def test_white_scribbles_on_codeformer_faces(shared_data):
-    for path in list_images(shared_data / "masked" / "codeformer_masked_faces"):
+def test_white_scribbles_on_codeformer_faces(face_images):
+    for path in list_images(face_images / "masked" / "codeformer_masked_faces"):
         img = read_image(path)
         mask = detect_white_scribbles(img)
         assert mask.shape == (1, 512, 512)

@@ -16,9 +16,9 @@ from metrics import METRICS, MetricUnavailable, build_metric
 from metrics.common import read_rgb_uint8
 from metrics.pixel import psnr, rgb_to_y, ssim
 
-FFHQ = "hq_aligned/ffhq_1024_gpen_ffhq10"
-LQ = "paired_synthetic/gpen_val_lq_1024"
-CELEBA = "hq_aligned/celebahq_1024_stargan_v2"
+FFHQ = "hq_aligned/ffhq_512"
+LQ = "paired_synthetic/gpen_val_lq_256"
+CELEBA = "hq_aligned/celebahq_256"
 
 
 def _load(path, size):
@@ -27,10 +27,10 @@ def _load(path, size):
 
 
 @pytest.fixture(scope="module")
-def faces(shared_data):
-    """HQ FFHQ 00000-00003, their synthetic LQ, at 256x256, uint8 RGB."""
-    hq = [_load(shared_data / FFHQ / f"0000{i}.png", 256) for i in range(4)]
-    lq = [_load(shared_data / LQ / f"ffhq_0000{i}.png", 256) for i in range(4)]
+def faces(face_images):
+    """HQ FFHQ 00000-00003 and the synthetic LQ of the first two, at 256x256, uint8 RGB."""
+    hq = [_load(face_images / FFHQ / f"0000{i}.jpg", 256) for i in range(4)]
+    lq = [_load(face_images / LQ / f"ffhq_0000{i}.png", 256) for i in range(2)]
     return hq, lq
 
 
@@ -119,15 +119,15 @@ def test_lpips_loads_backbone_from_hub_cache(tmp_path, monkeypatch):
 # ------------------------------------------------------------------ FID
 
 @pytest.fixture(scope="module")
-def fid(shared_data):
+def fid():
     return build_metric("fid", fid_backbone="fid_helper", fid_method="fast")
 
 
 @pytest.fixture(scope="module")
-def fid_features(shared_data, fid):
+def fid_features(face_images, fid):
     """pool3 features of 5 FFHQ and 5 CelebA-HQ faces at 128x128."""
-    a = [_load(p, 128) for p in sorted((shared_data / FFHQ).glob("*.png"))[:5]]
-    b = [_load(p, 128) for p in sorted((shared_data / CELEBA).glob("*.jpg"))[:5]]
+    a = [_load(p, 128) for p in sorted((face_images / FFHQ).glob("*.jpg"))[:5]]
+    b = [_load(p, 128) for p in sorted((face_images / CELEBA).glob("*.jpg"))[:5]]
     return a, fid.features(a), fid.features(b), b
 
 

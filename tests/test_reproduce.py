@@ -34,8 +34,8 @@ def _ablation_n(tiny_cfg, out: Path, hq: Path, values: str) -> subprocess.Comple
                       "--size", 64, "--metrics", "ssim,psnr", "--values", values, "--device", "cpu")
 
 
-def test_ablation_n_table_on_a_tiny_model(tiny_cfg, tmp_path, shared_data):
-    proc = _ablation_n(tiny_cfg, tmp_path, shared_data / "hq_aligned" / "celebahq_1024_stargan_v2", "100,300")
+def test_ablation_n_table_on_a_tiny_model(tiny_cfg, tmp_path, face_images):
+    proc = _ablation_n(tiny_cfg, tmp_path, face_images / "hq_aligned" / "celebahq_256", "100,300")
     assert proc.returncode == 0, proc.stderr[-2000:]
     table = (tmp_path / "table.md").read_text()
     assert "| N | PSNR | SSIM |" in table  # the paper's names and order
@@ -44,8 +44,8 @@ def test_ablation_n_table_on_a_tiny_model(tiny_cfg, tmp_path, shared_data):
     assert len(list((tmp_path / "N_300" / "restored").glob("*.png"))) == 2
 
 
-def test_ablation_n_at_n_0_is_the_estimator_alone(tiny_cfg, tmp_path, shared_data):
-    proc = _ablation_n(tiny_cfg, tmp_path, shared_data / "hq_aligned" / "celebahq_1024_stargan_v2", "0")
+def test_ablation_n_at_n_0_is_the_estimator_alone(tiny_cfg, tmp_path, face_images):
+    proc = _ablation_n(tiny_cfg, tmp_path, face_images / "hq_aligned" / "celebahq_256", "0")
     assert "IndexError" not in proc.stderr  # reproduce.py now reports the crash instead of hiding it
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "| 0 |" in (tmp_path / "table.md").read_text()
