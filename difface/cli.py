@@ -16,7 +16,9 @@ This module parses arguments, plans the files (`datapipe.jobs`) and writes them;
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import signal
 import platform
 import sys
 import time
@@ -114,7 +116,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     o.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     o.add_argument("--dry-run", action="store_true",
                    help="print the resolved config and the planned files; run nothing")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    stray = [o for o in args.overrides if "=" not in o]
+    if stray:
+        shown = " ".join(stray[:3]) + (f" (and {len(stray) - 3} more)" if len(stray) > 3 else "")
+        p.error(f"unexpected argument(s) {shown}: -i takes one file or folder (for the files of a shell glob, "
+                "pass their folder); config overrides are key=value")
+    if args.save_estimate and not args.aligned:
+        p.error("--save-estimate works with --aligned (whole photos: --save-faces writes each face's crops)")
+    return args
 
 
 def resolve_config(args: argparse.Namespace):
@@ -156,14 +166,14 @@ def relayed(fn, *args, **kwargs):
                 log(f"warning: {w.message}")
 
 
-def write_all(job, images: list, estimate=None, cmp=None) -> bool:
-    """Write a job's outputs (HxWx3 uint8 RGB arrays); False (job failed) when a write fails."""
+def write_all(job, images: list, estimate=None, cmp=None, overwrite: bool = False) -> bool:
+    """Write a job's outputs (HxWx3 uint8 RGB arrays); files that exist are kept unless `overwrite`
+    (a rerun that adds --save-cmp writes the comparisons only). False (job failed) when a write fails."""
     from datapipe.image_io import ImageWriteError, write_image
+    planned = list(zip(job.outputs, images)) + [(job.estimate, estimate), (job.cmp, cmp)]
     try:
-        for path, image in zip(job.outputs, images):
-            write_image(path, image)
-        for path, image in ((job.estimate, estimate), (job.cmp, cmp)):
-            if path is not None and image is not None:
+        for path, image in planned:
+            if path is not None and image is not None and (overwrite or not path.exists()):
                 write_image(path, image)
         return True
     except ImageWriteError as e:
@@ -201,8 +211,8 @@ def run_aligned(restorer, jobs, bar, args) -> None:
             results = restorer.restore_aligned([item for _, item in batch])
             seconds = (time.perf_counter() - start) / len(batch)
             for (job, _), res in zip(batch, results):
-                cmp = np.concatenate([res.input, res.image], axis=1) if job.cmp else None
-                if write_all(job, res.samples, res.estimate if job.estimate else None, cmp):
+                cmp = np.concatenate([res.input, *res.samples], axis=1) if job.cmp else None
+                if write_all(job, res.samples, res.estimate if job.estimate else None, cmp, args.overwrite):
                     job.record.update(status="done", seconds=round(seconds, 3))
         bar.update(len(jobs[i:i + cfg.batch_size]))
 
@@ -221,6 +231,8 @@ def run_photos(restorer, jobs, bar, args) -> None:
     `batch_size` faces or photos wait, then their faces are restored together and each photo is
     finished and written. Every face has its own generator, so the files equal photo-by-photo runs.
     """
+    import numpy as np
+
     from datapipe.photos import side_by_side
 
     from .restorer import InputError, final_image
@@ -234,8 +246,11 @@ def run_photos(restorer, jobs, bar, args) -> None:
         share = (time.perf_counter() - start) / max(1, sum(p.num_faces for *_, p in waiting))
         for (job, seconds, photo_input), res in zip(waiting, results):
             began = time.perf_counter()
-            cmp = final_image(side_by_side(res.input, res.image), photo_input.grey) if job.cmp is not None else None
-            if write_all(job, res.samples, cmp=cmp):
+            cmp = None
+            if job.cmp is not None:  # input | every sample
+                cmp = np.concatenate([final_image(side_by_side(res.input, res.image), photo_input.grey)]
+                                     + res.samples[1:], axis=1)
+            if write_all(job, res.samples, cmp=cmp, overwrite=args.overwrite):
                 if args.save_faces:
                     save_faces(out, job, res.photo, cfg.num_samples)
                 seconds += share * photo_input.num_faces + time.perf_counter() - began
@@ -301,11 +316,12 @@ def run(cfg, jobs, args) -> dict:
     todo = []
     for job in jobs:
         job.record.update(**job.paths(out), seed=cfg.seed, aligned=args.aligned)
-        if not args.overwrite and all(p.exists() for p in job.outputs):
+        if not args.overwrite and job.finished:
             job.record["status"] = "skipped"
-            log(f"skipped {job.source}: outputs exist (use --overwrite to replace them)")
         else:
             todo.append(job)
+    if skipped := len(jobs) - len(todo):
+        log(f"skipped {skipped} input(s) whose outputs exist (--overwrite replaces them)")
     with tqdm(total=len(todo), desc="faces" if args.aligned else "photos", file=sys.stderr) as bar:
         if args.aligned:
             run_aligned(restorer, todo, bar, args)
@@ -334,37 +350,64 @@ def write_manifest(out: Path, cfg, jobs, summary: dict) -> Path:
     return path
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a cluster's scheduler, `kill`): stops the run like Ctrl-C."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from omegaconf import OmegaConf
 
     from datapipe.jobs import PlanError, check_writable, plan_jobs
-    from datapipe.shards import run_sharded
-    from models.checkpoint import WeightsError, default_weights_dir
+    from datapipe.shards import Rank, run_sharded
+    from models.checkpoint import WeightsError
     from .pipeline import ConfigError
+    if args.detector == "retinaface" and importlib.util.find_spec("facexlib") is None and not args.aligned:
+        print("error: --detector retinaface needs the facexlib package (pip install facexlib); hog and cnn work "
+              "offline as they are", file=sys.stderr)
+        return 2
     try:
         cfg = resolve_config(args)
         if not args.aligned and cfg.task == "inpainting":
             raise PlanError("inpainting works on aligned faces: pass --aligned")
         src, out = Path(args.input).expanduser(), Path(args.output).expanduser()
-        jobs = plan_jobs(src, out, args.recursive, cfg.num_samples, args.save_estimate and args.aligned,
-                         subdir="" if args.aligned else "restored_image", ext=args.ext, save_cmp=args.save_cmp)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            jobs = plan_jobs(src, out, args.recursive, cfg.num_samples, args.save_estimate,
+                             subdir="" if args.aligned else "restored_image", ext=args.ext, save_cmp=args.save_cmp)
+        for w in caught:
+            print(f"warning: {w.message}", file=sys.stderr)
         if not args.dry_run:
             check_writable(out)
     except (PlanError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.dry_run:
-        print(OmegaConf.to_yaml(cfg))
-        print(f"# {len(jobs)} input(s); weights from {args.weights_dir or default_weights_dir()}")
-        for job in jobs:
-            print(f"{job.source} -> {', '.join(str(p) for p in job.outputs)}")
+        print_plan(cfg, jobs, args)
         return 0
+    single = not Rank.from_env().distributed  # under torchrun, datapipe.shards handles SIGTERM
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if single else None
     try:
         summary = run_sharded(lambda share: run(cfg, share, args), jobs, out, summarise, args.rank_timeout)
     except (WeightsError, ConfigError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:
+        cause = "SIGTERM" if isinstance(e, Terminated) else "Ctrl-C"
+        for job in jobs:
+            job.record.setdefault("status", "not run")
+        summary = summarise(jobs)
+        summary["stopped"] = f"{cause}: the run was stopped; run the same command again to continue"
+        manifest = write_manifest(out, cfg, jobs, summary)
+        print(f"\nstopped by {cause}: done {summary['done']} of {len(jobs)}; no file is left half-written. Run the "
+              f"same command again to continue (finished files are skipped); manifest: {manifest}", file=sys.stderr)
+        return 143 if cause == "SIGTERM" else 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     if summary is None:  # a rank other than 0 under torchrun: rank 0 writes the manifest
         return 0
     manifest = write_manifest(out, cfg, jobs, summary)
@@ -372,6 +415,34 @@ def main(argv=None) -> int:
     print(f"done {summary['done']}, no face {summary['no face']}, skipped {summary['skipped']}, "
           f"failed {summary['failed']}{speed}; manifest: {manifest}", file=sys.stderr)
     return 1 if summary["failed"] else 0
+
+
+def print_plan(cfg, jobs, args) -> None:
+    """--dry-run: the resolved config, where each network's weights come from, the planned files."""
+    from omegaconf import OmegaConf
+
+    from models.checkpoint import REGISTRY, default_weights_dir, find_weights, spec_url
+
+    from .presets import bundled_file
+    print(OmegaConf.to_yaml(cfg))
+    weights_dir = args.weights_dir or default_weights_dir()
+    for role in ("estimator", "prior"):
+        name = getattr(cfg, role).weights
+        path = Path(str(name)).expanduser()
+        if path.is_file() or (found := bundled_file(str(name))) is not None:
+            where = str(path if path.is_file() else found)
+        elif name in REGISTRY:
+            found = find_weights(REGISTRY[name], args.weights_dir)
+            target = REGISTRY[name].path(weights_dir)
+            where = str(found) if found else (
+                f"not here yet: {target} (fetched on first use from {spec_url(REGISTRY[name])})" if args.download
+                else f"MISSING: {target} (and --no-download is set: the run would stop)")
+        else:
+            where = f"MISSING: {name} is neither a file nor a registry name"
+        print(f"# {role} weights: {where}")
+    print(f"# {len(jobs)} input(s)")
+    for job in jobs:
+        print(f"{job.source} -> {', '.join(str(p) for p in job.all_outputs)}")
 
 
 if __name__ == "__main__":

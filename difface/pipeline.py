@@ -102,7 +102,10 @@ def load_config(name_or_path: str, overrides: Sequence[str] = ()) -> InferenceCo
         if overrides:
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
     except OmegaConfBaseException as e:
-        raise ConfigError(f"invalid config {path}: {e}") from None
+        key = getattr(e, "full_key", None)
+        overridden = key and any(o.split("=", 1)[0] == key for o in overrides)
+        where = f"override of '{key}'" if overridden else f"config {path}"
+        raise ConfigError(f"invalid {where}: {str(e).splitlines()[0]}") from None
     validate(cfg)
     OmegaConf.set_readonly(cfg, True)
     return cfg

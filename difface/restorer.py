@@ -357,7 +357,8 @@ class Restorer:
     def prepare_photo(self, image, name: str, *, upscale: int = 2, only_center_face: bool = False,
                       allow_downscale: bool = False, draw_box: bool = False) -> "PhotoInput":
         """Read a photo, detect and align its faces and upscale its background (no network yet)."""
-        if isinstance(image, (str, Path)) and (size := image_size(image)) is not None:
+        size = image_size(image) if isinstance(image, (str, Path)) else None
+        if size is not None and size[0] * size[1] <= self.max_pixels:  # larger: read_image says so
             self._check_photo_size(name, *size, upscale)  # from the header: refused before decoding
         img = _as_tensor(image, name, self.max_pixels)
         h, w = img.shape[-2:]

@@ -11,6 +11,7 @@ model's speed without data loading. Prints the machine (CPU model, GPU name) fir
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import platform
 import sys
@@ -21,11 +22,18 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from training import load_config
 
-from trainer import Trainer  # noqa: E402
-from training import load_config  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
+TINY = [str(REPO / "configs" / "train" / f"tiny_{kind}.yaml") for kind in ("estimator", "prior")]
 
-TINY = ["configs/train/tiny_estimator.yaml", "configs/train/tiny_prior.yaml"]
+
+def trainer_class():
+    """`Trainer` of the checkout's trainer.py (an entry script, not an installed module)."""
+    spec = importlib.util.spec_from_file_location("trainer", REPO / "trainer.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.Trainer
 
 
 def machine() -> str:
@@ -55,7 +63,7 @@ def benchmark(cfg_path: str, overrides: list[str], steps: int, warmup: int) -> d
         cfg = load_config(cfg_path, [f"data.train.size={size}", *overrides, "data.train.name=random",
                                      "data.train.root=null", "data.train.file_list=null", "data.val=null",
                                      "data.num_workers=0", "log.tensorboard=false", f"out_dir={tmp}"])
-        trainer = Trainer(cfg)
+        trainer = trainer_class()(cfg)
         batch = next(iter(trainer.loader))
         device = trainer.dist.device
         for _ in range(warmup):

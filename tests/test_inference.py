@@ -95,7 +95,7 @@ def test_bad_inputs_are_reported_and_the_rest_goes_on(tiny_cfg, tmp_path, capsys
     good = (src / "good.png").read_bytes()
     (src / "truncated.png").write_bytes(good[: len(good) // 2])
     _faces(src, ["tiny.png"], size=8)
-    rgba = np.concatenate([np.full((32, 32, 3), 120, np.uint8), np.full((32, 32, 1), 255, np.uint8)], 2)
+    rgba = np.concatenate([np.full((32, 32, 3), 120, np.uint8), np.full((32, 32, 1), 128, np.uint8)], 2)
     import cv2
     cv2.imwrite(str(src / "alpha.png"), rgba)
     cv2.imwrite(str(src / "grey.png"), np.full((32, 32), 90, np.uint8))
@@ -170,13 +170,15 @@ def test_whole_photos_faces_are_restored_and_pasted(tiny_cfg, tmp_path, face_ima
     cv2.imwrite(str(src / "landscape.png"), np.tile(np.linspace(0, 255, 300, dtype=np.uint8), (200, 1)))
     cv2.imwrite(str(src / "dot.png"), np.zeros((1, 1, 3), np.uint8))
     out = tmp_path / "out"
-    assert _run("-i", src, "-o", out, "--cfg", tiny_cfg, "--save-faces", "--draw-box", "--allow-downscale") == 0
+    assert _run("-i", src, "-o", out, "--cfg", tiny_cfg, "--save-faces", "--draw-box", "--allow-downscale") == 1
     manifest = json.loads(next(out.glob("manifest_*.json")).read_text())
     records = {Path(r["input"]).name: r for r in manifest["images"]}
     assert len(records["test1.jpg"]["faces"]) >= 1 and len(records["grey.png"]["faces"]) >= 1
     assert len(records["00.jpg"]["faces"]) >= 4
-    for name in ("landscape.png", "dot.png"):
-        assert records[name]["status"] == "no face" and records[name]["faces"] == []
+    assert records["landscape.png"]["status"] == "no face" and records["landscape.png"]["faces"] == []
+    dot = records.pop("dot.png")  # a 1x1 image holds no face: refused, not enlarged into a 1024x1024 output
+    assert dot["status"] == "failed" and "too small to hold a face" in dot["error"]
+    assert not (out / "restored_image" / "dot.png").exists()
     for name, record in records.items():
         w, h = record["size"]
         factor = max(1.0, 512 / min(w, h))
@@ -188,7 +190,7 @@ def test_whole_photos_faces_are_restored_and_pasted(tiny_cfg, tmp_path, face_ima
     # faces of several photos in one batch (4 + 1 + 1 faces, photos without a face between): same files
     batched = tmp_path / "batched"
     assert _run("-i", src, "-o", batched, "--cfg", tiny_cfg, "--save-faces", "--draw-box", "--allow-downscale",
-                "--batch-size", 3) == 0
+                "--batch-size", 3) == 1
     files = sorted(p.relative_to(out) for p in out.rglob("*.png"))
     assert len(files) > 10 and files == sorted(p.relative_to(batched) for p in batched.rglob("*.png"))
     for path in files:
