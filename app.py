@@ -16,6 +16,7 @@ import atexit
 import math
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -36,6 +37,7 @@ from models.checkpoint import WeightsError  # noqa: E402
 from models.samplers import SAMPLERS  # noqa: E402
 
 MAX_SAMPLES, MAX_STEPS, MAX_UPSCALE, DEFAULT_UPSCALE = 4, 250, 4, 2
+KEEP_RESULTS = 64  # request folders kept on disk (the newest; a page shows its own result only)
 START_STEP_HELP = ("Start step N (of 1000): the estimate is diffused to step N and sampled back. "
                    "Small N keeps closer to the input (fidelity), large N lets the prior invent more (realism).")
 
@@ -125,9 +127,11 @@ class Handler:
         atexit.register(shutil.rmtree, self.workdir, True)
 
     def new_folder(self) -> Path:
-        """A fresh output folder per request; folders older than an hour are removed."""
-        for old in self.workdir.iterdir():
-            if time.time() - old.stat().st_mtime > 3600:
+        """A fresh output folder per request. Results are kept only while a page can show them:
+        folders older than an hour go, and beyond the newest KEEP_RESULTS the oldest go."""
+        folders = sorted((p for p in self.workdir.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
+        for number, old in enumerate(folders):
+            if time.time() - old.stat().st_mtime > 3600 or number < len(folders) - KEEP_RESULTS + 1:
                 shutil.rmtree(old, ignore_errors=True)
         return Path(tempfile.mkdtemp(dir=self.workdir))
 
@@ -252,6 +256,8 @@ def main(argv=None) -> int:
     except (ConfigError, WeightsError, ImportError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    # SIGTERM (a service manager, `kill`) ends the app like Ctrl-C, so that the results folder is removed
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     demo = build_app(restorer)
     demo.queue(max_size=opts.queue_size, default_concurrency_limit=opts.concurrency, api_open=False)
     font = ["ui-sans-serif", "system-ui", "sans-serif"]  # no web fonts: the page works offline

@@ -12,6 +12,8 @@ over this module. Per-image problems raise `InputError`, naming the image and th
 """
 from __future__ import annotations
 
+import contextlib
+import queue
 import threading
 import warnings
 from dataclasses import dataclass, field
@@ -156,7 +158,7 @@ class Restorer:
                                        self.cfg.face.border_value, reframe=self.cfg.task != "inpainting")
         self.photo_settings = dict(detector=detector, det_threshold=det_threshold, min_face_size=min_face_size,
                                    bg_upsampler=bg_upsampler, bg_weights=bg_weights, bg_tile=bg_tile)
-        self._local = threading.local()  # dlib's detectors are not shared between threads
+        self._idle_detectors: queue.SimpleQueue = queue.SimpleQueue()
         self._backgrounds: dict[str, Callable] = {}
         self._lock = threading.Lock()
 
@@ -314,15 +316,24 @@ class Restorer:
 
     # ------------------------------------------------------------------ whole photos
 
+    @contextlib.contextmanager
     def face_detector(self):
-        """The face detector of this Restorer's settings, one per thread (loading dlib's models
-        takes about 0.7 s; its detectors are not shared between threads)."""
+        """A face detector of this Restorer's settings for the block: an idle one, else a new one.
+
+        Loading dlib's models takes about 0.7 s and 120 MB, and a detector must not be used by two
+        threads at once: the pool holds as many as ever ran at the same time (the web demo's
+        concurrency), however many threads take turns.
+        """
         from datapipe.faces import FaceDetector
-        if getattr(self._local, "detector", None) is None:
+        try:
+            detector = self._idle_detectors.get_nowait()
+        except queue.Empty:
             s = self.photo_settings
-            self._local.detector = FaceDetector(s["detector"], score_threshold=s["det_threshold"],
-                                                min_face_size=s["min_face_size"])
-        return self._local.detector
+            detector = FaceDetector(s["detector"], score_threshold=s["det_threshold"], min_face_size=s["min_face_size"])
+        try:
+            yield detector
+        finally:
+            self._idle_detectors.put(detector)
 
     def background(self, upscale: int) -> Callable[[np.ndarray, int], np.ndarray]:
         """`img, scale -> img` for the whole photo: Lanczos, or Real-ESRGAN (tiled), built once."""
@@ -367,12 +378,13 @@ class Restorer:
         photo = tensor_to_uint8(img)
         cfg = self.cfg
         try:
-            pending = prepare_photo(photo, self.face_detector(), name, face_size=cfg.image_size,
-                                    template=np.asarray(cfg.face.template, dtype=np.float32),
-                                    template_size=cfg.face.template_size, border_value=list(cfg.face.border_value),
-                                    upscale=upscale, background_fn=self.background(upscale), draw_box=draw_box,
-                                    max_pixels=int(self.max_pixels), allow_downscale=allow_downscale,
-                                    only_center_face=only_center_face)
+            with self.face_detector() as detector:
+                pending = prepare_photo(photo, detector, name, face_size=cfg.image_size,
+                                        template=np.asarray(cfg.face.template, dtype=np.float32),
+                                        template_size=cfg.face.template_size, border_value=list(cfg.face.border_value),
+                                        upscale=upscale, background_fn=self.background(upscale), draw_box=draw_box,
+                                        max_pixels=int(self.max_pixels), allow_downscale=allow_downscale,
+                                        only_center_face=only_center_face)
         except PhotoTooLarge as e:
             raise InputError(f"{name}: {e}") from None
         return PhotoInput(name, photo, grey, pending, {"size": [w, h], "grey": grey})

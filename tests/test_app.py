@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -45,10 +46,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_app(cfg: str, tmp: Path, timeout: float = 120.0) -> tuple[subprocess.Popen, str]:
+def start_app(cfg: str, tmp: Path, timeout: float = 120.0, **env_vars) -> tuple[subprocess.Popen, str]:
     """`python app.py --cfg CFG` on a free local port; returns the process and its URL once it answers."""
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(REPO), "GRADIO_TEMP_DIR": str(tmp / "gradio"), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "GRADIO_TEMP_DIR": str(tmp / "gradio"), "OMP_NUM_THREADS": "1",
+           **env_vars}
     log = open(tmp / "app.log", "w")
     proc = subprocess.Popen([sys.executable, str(REPO / "app.py"), "--cfg", cfg, "--port", str(port),
                              "--device", "cpu", "--max-file-mb", "1"], env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -183,6 +185,22 @@ def test_no_server_file_is_readable(tiny_app, tiny_cfg):
             continue
         assert b"root:" not in body and b"import" not in body and b"tiny test model" not in body, address
         assert body.lstrip()[:15].lower().startswith((b"<!doctype", b"<html")), address  # the page, not the file
+
+
+def test_sigterm_removes_the_results_folder(tiny_cfg, tmp_path):
+    results = tmp_path / "tmpdir"
+    results.mkdir()
+    proc, _ = start_app(str(tiny_cfg), tmp_path, TMPDIR=str(results))
+    assert list(results.glob("difface-app-*")), "the app keeps its results in a folder of its own"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+    assert not list(results.glob("difface-app-*")), "removed on SIGTERM as on Ctrl-C"
+
+
+def test_results_are_kept_only_while_a_page_can_show_them(tiny_restorer, tmp_path, monkeypatch):
+    monkeypatch.setattr(app, "KEEP_RESULTS", 3)
+    folders = [tiny_restorer.new_folder() for _ in range(5)]
+    assert [f.exists() for f in folders] == [False, False, True, True, True]
 
 
 def test_uploads_above_the_size_limit_are_refused(tiny_app):

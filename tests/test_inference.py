@@ -208,20 +208,30 @@ def test_whole_photo_limits_and_missing_detector(tiny_cfg, tmp_path, capsys):
         assert "facexlib" in capsys.readouterr().err
 
 
-def test_face_detector_is_built_once_per_restorer_and_thread(tiny_cfg):
+def test_face_detectors_are_pooled_one_per_concurrent_use(tiny_cfg):
     import threading
 
     import difface
     restorer = difface.Restorer(str(tiny_cfg), device="cpu")
-    first = restorer.face_detector()
-    assert restorer.face_detector() is first  # the web demo's next request reuses it
-    other = difface.Restorer(str(tiny_cfg), device="cpu", det_threshold=0.5)
-    assert other.face_detector() is not first and other.face_detector().score_threshold == 0.5
+    with restorer.face_detector() as first:
+        pass
     seen = []
-    worker = threading.Thread(target=lambda: seen.append(restorer.face_detector()))
+
+    def use():
+        with restorer.face_detector() as detector:
+            seen.append(detector)
+
+    worker = threading.Thread(target=use)
     worker.start()
     worker.join()
-    assert seen and seen[0] is not first  # dlib's models are not shared between threads
+    assert seen == [first], "a thread taking its turn reuses the idle detector (no new 120 MB per thread)"
+    with restorer.face_detector() as a, restorer.face_detector() as b:
+        assert a is first and b is not first, "two at once: two detectors"
+    with restorer.face_detector() as c, restorer.face_detector() as d, restorer.face_detector() as e:
+        assert {id(c), id(d)} == {id(a), id(b)} and e not in (a, b)
+    other = difface.Restorer(str(tiny_cfg), device="cpu", det_threshold=0.5)
+    with other.face_detector() as detector:
+        assert detector.score_threshold == 0.5
 
 
 # ---- inpainting -----------------------------------------------------------------------------
