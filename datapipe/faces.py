@@ -203,20 +203,24 @@ class FaceDetector:
         """img HxWx3 uint8 RGB -> faces kept, best score first (coordinates in ``img``)."""
         return self.detect_with_skipped(img)[0]
 
-    def detect_with_skipped(self, img: np.ndarray) -> tuple[list[Face], list[Face]]:
-        """Like ``detect`` but also returns the faces skipped for being too small."""
+    def detect_with_skipped(self, img: np.ndarray, scale: float = 1.0) -> tuple[list[Face], list[Face]]:
+        """Like ``detect`` but also returns the faces skipped for being too small.
+
+        ``scale``: ``img`` is the user's photo enlarged by this factor (whole-photo mode enlarges
+        small photos first); ``min_face_size`` stays in pixels of the photo as the user gave it.
+        """
         _check_rgb_uint8(img)
         work, sx, sy = self._working_image(img)
         kept, skipped = [], []
+        limit = self.min_face_size * scale
         for box, score, lm5, lm68 in self._backend(work, self.score_threshold):
             face = Face(_unscale(box.reshape(2, 2), sx, sy).reshape(4), _unscale(lm5, sx, sy),
                         score, None if lm68 is None else _unscale(lm68, sx, sy))
-            small = (face.size < self.min_face_size
-                     or face.eye_distance < self.min_face_size / 4)
+            small = face.size < limit or face.eye_distance < limit / 4
             (skipped if small else kept).append(face)
         for face in skipped:
             log.info("skipped a face of %.1f px (eye distance %.1f px) below min_face_size %.1f",
-                     face.size, face.eye_distance, self.min_face_size)
+                     face.size / scale, face.eye_distance / scale, self.min_face_size)
         kept.sort(key=lambda f: -f.score)
         return kept, skipped
 

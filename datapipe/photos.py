@@ -68,9 +68,10 @@ class PhotoResult:
             parts.append(f"{len(self.kept)} left as they were (crops of {sides} px, larger than {MAX_DOWNSCALE}x "
                          f"the model's {face_size} px; --allow-downscale restores them anyway)")
         if self.skipped:
-            parts.append(f"{len(self.skipped)} too small")
+            parts.append(f"{len(self.skipped)} smaller than --min-face-size skipped")
         if not (self.faces or self.kept):
-            parts.append("no face found, the upscaled photo is written")
+            parts.append(("no face large enough to restore" if self.skipped else "no face found")
+                         + ", the upscaled photo is written")
         return "; ".join(parts)
 
 
@@ -144,7 +145,7 @@ def prepare_photo(img: np.ndarray, detector: FaceDetector, key: str, *,
         raise PhotoTooLarge(f"photo is {w}x{h} = {h * w / 1e6:.1f} megapixels, above the limit of "
                             f"{max_pixels / 1e6:.1f} (raise it with --max-pixels)")
     img, factor = enlarge_to_min_side(img, MIN_SIDE)
-    found, skipped = detector.detect_with_skipped(img)
+    found, skipped = detector.detect_with_skipped(img, scale=factor)  # min_face_size in input pixels
     if only_center_face and found:
         centre = np.array([img.shape[1] - 1, img.shape[0] - 1]) / 2
         found = [min(found, key=lambda f: float(np.linalg.norm(f.box.reshape(2, 2).mean(0) - centre)))]

@@ -88,7 +88,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="face detector: dlib HOG or CNN (offline), or RetinaFace (needs facexlib)")
     w.add_argument("--det-threshold", type=float, default=None,
                    help="detector score threshold (hog -0.3, cnn 0.0, retinaface 0.8)")
-    w.add_argument("--min-face-size", type=float, default=16.0, help="smaller faces (px) are skipped")
+    w.add_argument("--min-face-size", type=float, default=16.0,
+                   help="faces smaller than this (pixels of the input photo) are skipped")
     w.add_argument("--only-center-face", action="store_true", help="restore only the face nearest the centre")
     w.add_argument("--allow-downscale", action="store_true",
                    help=f"also restore faces larger than {MAX_DOWNSCALE}x the model size (they lose detail); "

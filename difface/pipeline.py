@@ -261,9 +261,10 @@ def locate_weights(cfg: InferenceConfig, weights_dir=None, download: bool = True
             f"Put the files at those paths by hand (or run `python scripts/download_weights.py` where there is "
             f"internet access), point --weights-dir or $DIFFACE_WEIGHTS at a folder holding them, or pass the "
             f"files' paths: estimator.weights=/path/file.pth prior.weights=/path/file.pth (key=value "
-            f"overrides, or the same keys in a YAML given to --cfg).\n"
-            f"`--cfg demo` runs offline with the small bundled model, as a demonstration of the pipeline "
-            f"(it is not a restorer).")
+            f"overrides, or the same keys in a YAML given to --cfg).\n" + (
+                "No bundled model inpaints: inpainting needs these files." if cfg.task == "inpainting" else
+                "`--cfg demo` runs offline with the small bundled model, as a demonstration of the pipeline "
+                "(it is not a restorer)."))
     return paths
 
 

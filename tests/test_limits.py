@@ -56,3 +56,37 @@ def test_a_tiny_photo_is_refused_like_a_tiny_crop(tmp_path):
     restorer = difface.Restorer("demo", device="cpu")
     with pytest.raises(difface.InputError, match="image is 20x20, too small to hold a face"):
         restorer.restore(np.full((20, 20, 3), 128, np.uint8), name="tiny.png")
+
+
+def test_min_face_size_is_in_pixels_of_the_photo_as_given():
+    from datapipe.faces import FaceDetector
+    from datapipe.image_io import read_image, tensor_to_uint8
+    photo = tensor_to_uint8(read_image(REPO / "examples" / "photos" / "group_00.jpg"))
+    enlarged = cv2.resize(photo, (photo.shape[1] * 2, photo.shape[0] * 2), interpolation=cv2.INTER_LINEAR)
+    detector = FaceDetector("hog")
+    found, _ = detector.detect_with_skipped(photo)
+    sizes = sorted(f.size for f in found)
+    assert len(sizes) >= 2
+    limit = (sizes[0] + sizes[1]) / 2  # between the two smallest faces of the photo as given
+    small = FaceDetector("hog", min_face_size=limit)
+    kept, skipped = small.detect_with_skipped(photo)
+    kept2, skipped2 = small.detect_with_skipped(enlarged, scale=2.0)
+    assert len(skipped) == 1 and (len(kept2), len(skipped2)) == (len(kept), len(skipped))
+
+
+def test_a_photo_whose_faces_are_all_too_small_says_so_plainly():
+    from datapipe.faces import Face
+    from datapipe.photos import PhotoResult
+    face = Face(np.array([0, 0, 10, 10.0]), np.zeros((5, 2)), 1.0)
+    line = PhotoResult(images=[], skipped=[face]).describe(64)
+    assert "no face large enough to restore" in line and "no face found" not in line
+
+
+def test_missing_inpainting_weights_do_not_suggest_the_demo(tmp_path, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    cv2.imwrite(str(src / "face.png"), np.zeros((64, 64, 3), np.uint8))
+    assert cli.main(["-i", str(src), "-o", str(tmp_path / "out"), "--aligned", "--task", "inpainting",
+                     "--no-download"]) == 2
+    err = capsys.readouterr().err
+    assert "lama_inpainting256" in err and "No bundled model inpaints" in err and "--cfg demo" not in err
