@@ -1,9 +1,14 @@
-"""The training package's import graph: the config module imports none of the modules that read
-the config, and no module of the package imports itself back through others."""
+"""The training package's layout: the config module imports none of the modules that read the
+config, no module of the package imports itself back through others, the objectives use the
+project's pixel metrics, and comments point only to documents in the repository."""
 import ast
+import re
+import subprocess
+import sys
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "training"
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = REPO / "training"
 
 
 def imports_of(path: Path) -> set[str]:
@@ -55,3 +60,25 @@ def test_training_modules_import_no_cycle_and_config_imports_none_of_them():
     assert {"config", "objectives", "state", "run", "guards", "logs"} <= graph.keys()
     assert graph["config"] == set()
     assert cycles(graph) == []
+
+
+def test_objectives_import_the_pixel_metrics_without_a_fallback():
+    """metrics.pixel is part of the project: validation scores are its PSNR / SSIM, never a
+    silent stand-in when it cannot be imported."""
+    blocked = "import sys; sys.modules['metrics.pixel'] = None; import training.objectives"
+    proc = subprocess.run([sys.executable, "-c", blocked], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "metrics.pixel" in proc.stderr, proc.stderr[-1000:]
+    import metrics.pixel
+    from training.objectives import ImageScores
+    assert ImageScores().fns == {"psnr": metrics.pixel.psnr, "ssim": metrics.pixel.ssim}
+
+
+def test_comments_cite_only_documents_in_the_repository():
+    """Pointers go to docs/ (training.md, method.md); no design or spec notes outside the tree."""
+    files = [*PACKAGE.glob("*.py"), REPO / "trainer.py", *(REPO / "configs" / "train").glob("*.yaml")]
+    cited = [(p.name, line.strip()) for p in files for line in p.read_text().splitlines()
+             if re.search(r"\b(DESIGN|SPEC)\b", line)]
+    assert cited == []
+    for p in files:
+        for doc in re.findall(r"docs/[\w/]+\.md", p.read_text()):
+            assert (REPO / doc).is_file(), (p.name, doc)

@@ -1,4 +1,8 @@
-"""Training objectives, chosen by name from :data:`OBJECTIVES` (DESIGN §2, §4.8).
+"""Training objectives, chosen by name from :data:`OBJECTIVES`; what each trains is in
+docs/training.md#what-is-trained.
+
+The trainer is the same for every network: an objective is an object the trainer is given
+(composition, not a subclass of the trainer).
 
 An objective is a callable ``(model, batch, generator) -> {'loss': scalar, ...}`` with
 ``inputs`` (the batch keys it needs), ``images(...)`` (rows of the TensorBoard grid) and
@@ -12,10 +16,10 @@ from __future__ import annotations
 import logging
 from typing import Callable, Optional
 
-import numpy as np
 import torch
 
 from datapipe.image_io import tensor_to_uint8
+from metrics.pixel import psnr, ssim
 from models import DiffusionConfig
 from models.diffusion import DiffusionSchedule, hybrid_loss, space_timesteps
 from models.samplers import ddim_sample_loop
@@ -26,19 +30,14 @@ log = logging.getLogger("trainer")
 
 
 class ImageScores:
-    """Per-image PSNR / SSIM (``metrics.pixel``; a plain RGB PSNR if that is missing) and
+    """Per-image PSNR / SSIM (:mod:`metrics.pixel`, on the Y channel if ``y_channel``) and
     LPIPS-Alex when its backbone weights are on disk (otherwise skipped with one warning)."""
 
     def __init__(self, y_channel: bool = True):
         self.y_channel = y_channel
         self.lpips: Optional[Callable] = None
         self.lpips_tried = False
-        try:
-            from metrics.pixel import psnr, ssim
-            self.fns = {"psnr": psnr, "ssim": ssim}
-        except ImportError:
-            log.warning("metrics.pixel not importable; validation uses a plain RGB PSNR only")
-            self.fns = {"psnr": lambda a, b, **_: _plain_psnr(a, b)}
+        self.fns = {"psnr": psnr, "ssim": ssim}
 
     def _lpips(self, device: torch.device) -> Optional[Callable]:
         if not self.lpips_tried:
@@ -59,11 +58,6 @@ class ImageScores:
         if lpips is not None:
             scores["lpips"] = [float(lpips(a, b)) for a, b in pairs]
         return scores
-
-
-def _plain_psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else float(10 * np.log10(255.0 ** 2 / mse))
 
 
 def lq_input(batch: dict) -> torch.Tensor:
