@@ -6,19 +6,30 @@ registry of the training package (objectives, LR schedules) are checked against 
 names the caller passes in (``names``; :func:`training.load_config` passes its registries'),
 so this module imports none of the code that reads the config. The resolved config
 (:func:`config_yaml`) is saved next to the outputs and inside every checkpoint.
+
+Relative paths. An input path written in a config file (the keys of :data:`INPUT_PATHS`: data
+folders and file lists, mask folders, ``model.weights``) is relative to the folder of that
+file, so a config means the same data from any working folder: ``configs/train/X.yaml`` says
+``../../examples/faces`` for the repository's ``examples/faces``. It is made absolute when the
+file is loaded. A path given as a ``key=value`` override is relative to the working folder,
+as any command-line path is. Left as written: absolute paths (``~`` expanded), values with an
+interpolation (``${data.train.root}`` follows whatever that key ends up as), registry names
+in ``model.weights``, and ``out_dir`` - an output, always relative to the working folder.
 """
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Collection, List, Mapping, Optional
 
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from datapipe.datasets import DatasetConfig, check_dataset_config
 from models import NETWORKS, DiffusionConfig, NetworkConfig
+from models.checkpoint import REGISTRY
 from models.diffusion import BETA_SCHEDULES
 
 
@@ -104,18 +115,46 @@ LOWER_IS_BETTER = ("loss", "mse", "vb", "lpips")
 BEST_METRICS = ("psnr", "ssim", *LOWER_IS_BETTER)
 
 
+# The input paths of a config: in a config file, relative ones are relative to the file's folder.
+INPUT_PATHS = ("model.weights", *(f"data.{split}.{key}" for split in ("train", "val")
+                                  for key in ("root", "file_list", "lq_root", "hq_root", "mask.root")))
+
+
 def load_config(path: str | Path | None, overrides: list[str] = (),
                 names: Optional[Mapping[str, Collection[str]]] = None) -> TrainConfig:
     """Schema <- YAML file <- ``key=value`` overrides; unknown keys / wrong types raise here, and
-    so do values outside ``names`` (dotted key -> allowed names, see :func:`check_config`)."""
+    so do values outside ``names`` (dotted key -> allowed names, see :func:`check_config`).
+    Relative input paths of the file are taken from the file's folder (module docstring)."""
     if path and not Path(path).is_file():
         raise FileNotFoundError(f"config file '{path}' does not exist")
-    merged = OmegaConf.merge(OmegaConf.structured(TrainConfig),
-                             OmegaConf.load(path) if path else {},
+    file_node = OmegaConf.load(path) if path else OmegaConf.create({})
+    if path:
+        absolute_input_paths(file_node, Path(path).absolute().parent)
+    merged = OmegaConf.merge(OmegaConf.structured(TrainConfig), file_node,
                              OmegaConf.from_dotlist(list(overrides)))
     cfg = OmegaConf.to_object(merged)
     check_config(cfg, names)
     return cfg
+
+
+def absolute_input_paths(node: DictConfig, folder: Path) -> None:
+    """Join every relative path of :data:`INPUT_PATHS` in ``node`` (a config file's contents)
+    to ``folder``, in place. Interpolations are not followed, nor replaced."""
+    for key in INPUT_PATHS:
+        *parents, leaf = key.split(".")
+        block = node
+        for part in parents:
+            if not isinstance(block, DictConfig) or part not in block or OmegaConf.is_interpolation(block, part):
+                block = None
+                break
+            block = block[part]
+        if not isinstance(block, DictConfig) or leaf not in block or OmegaConf.is_interpolation(block, leaf):
+            continue
+        value = block[leaf]
+        if not isinstance(value, str) or not value or (key == "model.weights" and value in REGISTRY):
+            continue
+        given = Path(value).expanduser()
+        block[leaf] = str(given) if given.is_absolute() else os.path.normpath(folder / given)
 
 
 def config_yaml(cfg: TrainConfig) -> str:
