@@ -31,7 +31,8 @@ from PIL import Image  # noqa: E402
 from datapipe.image_io import image_size, write_image  # noqa: E402
 from datapipe.jobs import sample_names  # noqa: E402
 from difface.cli import DEFAULT_CFG  # noqa: E402
-from difface.pipeline import DEVICES, ConfigError  # noqa: E402
+from difface.pipeline import ConfigError  # noqa: E402
+from models.runtime import DEVICES  # noqa: E402
 from difface.restorer import DEFAULT_MAX_PIXELS, InputError, Restorer  # noqa: E402
 from models.checkpoint import WeightsError  # noqa: E402
 from models.samplers import SAMPLERS  # noqa: E402

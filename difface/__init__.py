@@ -11,7 +11,8 @@ first use of `Restorer`.
 from __future__ import annotations
 
 __version__ = "0.2.0"
-__all__ = ["Restorer", "Result", "FaceResult", "InputError", "ConfigError", "load_config", "preset_names"]
+__all__ = ["Restorer", "Result", "FaceResult", "InputError", "ConfigError", "DeviceError", "load_config",
+           "preset_names"]
 
 
 def preset_names() -> list[str]:
@@ -27,4 +28,7 @@ def __getattr__(name: str):
     if name in ("ConfigError", "load_config"):
         from . import pipeline
         return getattr(pipeline, name)
+    if name == "DeviceError":
+        from models.runtime import DeviceError
+        return DeviceError
     raise AttributeError(f"module 'difface' has no attribute {name!r}")

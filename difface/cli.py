@@ -294,7 +294,7 @@ def build_restorer(cfg, args):
     """The Restorer of a run, on this process's device (cuda:LOCAL_RANK under torchrun)."""
     from datapipe.shards import Rank
 
-    from .pipeline import pick_device
+    from models.runtime import pick_device
     from .restorer import Restorer
     device = Rank.from_env().device(pick_device(cfg.device))
     return Restorer(cfg, device, weights_dir=args.weights_dir, download=args.download, detector=args.detector,
@@ -365,6 +365,8 @@ def main(argv=None) -> int:
     from datapipe.jobs import PlanError, check_writable, plan_jobs
     from datapipe.shards import Rank, run_sharded
     from models.checkpoint import WeightsError
+    from models.runtime import DeviceError
+
     from .pipeline import ConfigError
     if args.detector == "retinaface" and importlib.util.find_spec("facexlib") is None and not args.aligned:
         print("error: --detector retinaface needs the facexlib package (pip install facexlib); hog and cnn work "
@@ -393,7 +395,7 @@ def main(argv=None) -> int:
     previous = signal.signal(signal.SIGTERM, _raise_terminated) if single else None
     try:
         summary = run_sharded(lambda share: run(cfg, share, args), jobs, out, summarise, args.rank_timeout)
-    except (WeightsError, ConfigError, ImportError) as e:
+    except (WeightsError, ConfigError, DeviceError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:

@@ -21,13 +21,12 @@ from models import DiffusionConfig, NetworkConfig, build_network
 from models.checkpoint import REGISTRY, WeightsError, describe_missing, find_weights, load_weights, resolve_weights
 from models.diffusion import DiffusionSchedule
 from models.difface import DTYPES, DifFace, SamplingConfig, known_pixel_correction
-from models.runtime import configure_backends, prepare_network
+from models.runtime import DEVICES, configure_backends, prepare_network
 from models.samplers import SAMPLERS
 
 from .presets import bundled_file, preset_dir, preset_paths, read_config_file
 
 TASKS = ("restoration", "inpainting")
-DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 @dataclass
@@ -157,54 +156,6 @@ def estimator_channels(spec: NetworkConfig) -> int:
         if key in params:
             return int(params[key])
     return 4 if spec.name == "lama" else 3
-
-
-def pick_dtype(name: str, device: torch.device) -> tuple[str, str | None]:
-    """The network precision to use on `device`, and a note when it differs from `name`.
-
-    Half precision on a CPU has no fast kernels (fp16 ran about 5x slower than fp32 on a 2-core
-    AMD EPYC); bf16 is used on a CPU only where it has native bf16 instructions, and on CUDA only
-    on GPUs with bf16 arithmetic (compute capability 8.0, Ampere, or newer: older ones such as
-    the V100 or T4 only emulate it, slower than fp32).
-    """
-    if name == "fp16" and device.type == "cpu":
-        return "fp32", "fp16 has no fast kernels on the CPU (about 5x slower); running in fp32"
-    if name == "bf16" and device.type == "cpu":
-        native = _cpu_has_bf16()
-        if native is False:
-            return "fp32", "this CPU has no native bf16 instructions (bf16 ran about 2x slower); running in fp32"
-        if native is None:
-            return name, "bf16 on a CPU without native bf16 instructions runs about 2x slower than fp32"
-    if name == "bf16" and device.type == "cuda" and torch.cuda.get_device_capability(device)[0] < 8:
-        return "fp32", "this GPU has no bf16 arithmetic (before compute capability 8.0); running in fp32"
-    return name, None
-
-
-def _cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool | None:
-    """Whether the CPU has native bf16 arithmetic (x86 AVX512-BF16/AMX, Arm BF16); None if unknown."""
-    check = getattr(getattr(torch._C, "_cpu", None), "_is_avx512_bf16_supported", None)
-    if check is not None:
-        return bool(check())
-    try:
-        flags = set(Path(cpuinfo).read_text().replace(":", " ").split())
-    except OSError:
-        return None
-    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
-
-
-def pick_device(name: str) -> torch.device:
-    """'auto' -> cuda, else mps, else cpu; an unavailable explicit device is a clear error."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' was asked for but no CUDA device is available")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ConfigError("device 'mps' was asked for but MPS is not available")
-    return torch.device(name)
 
 
 def _network(spec: NetworkConfig) -> torch.nn.Module:

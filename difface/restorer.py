@@ -31,8 +31,9 @@ from datapipe.photos import (MIN_PHOTO_SIDE, PendingPhoto, PhotoResult, PhotoToo
                              finish_photo, prepare_photo)
 from models.difface import DifFace, image_generator, resize_mask
 
-from .pipeline import (ConfigError, InferenceConfig, build_networks, load_config, make_difface, pick_device,
-                       pick_dtype, validate)
+from models.runtime import pick_device, pick_dtype
+
+from .pipeline import ConfigError, InferenceConfig, build_networks, load_config, make_difface, validate
 
 MIN_FACE_SIDE = 32  # smaller aligned inputs cannot hold a face worth restoring
 MAX_ASPECT = 1.25  # an aligned crop is square; up to 5:4 is taken (and resized), beyond is a photo

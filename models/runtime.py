@@ -1,14 +1,71 @@
-"""How the networks run: memory format, compilation and backend flags for inference.
+"""Where and how the networks run: the device, the precision a device supports, memory format,
+compilation and backend flags. One place each, for inference and training alike.
 
 None of this changes what a network computes (channels_last and compilation give the same
-values to float rounding; TF32 applies to CUDA matmuls/convolutions only). Precision itself
-(fp32 / bf16 / fp16 autocast) is chosen in `models.difface`.
+values to float rounding; TF32 applies to CUDA matmuls/convolutions only). The autocast itself
+(fp32 / bf16 / fp16) is applied in `models.difface`.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
 import torch
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+class DeviceError(ValueError):
+    """A device was asked for that this machine does not have."""
+
+
+def pick_device(name: str) -> torch.device:
+    """'auto' -> cuda, else mps, else cpu; an unavailable explicit device is a clear error."""
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps else "cpu")
+    if name not in DEVICES:
+        raise DeviceError(f"unknown device {name!r}; allowed: {', '.join(DEVICES)}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise DeviceError("device 'cuda' was asked for but no CUDA device is available")
+    if name == "mps" and not mps:
+        raise DeviceError("device 'mps' was asked for but MPS is not available")
+    return torch.device(name)
+
+
+def pick_dtype(name: str, device: torch.device) -> tuple[str, str | None]:
+    """The network precision to use on `device`, and a note when it differs from `name`.
+
+    Half precision on a CPU has no fast kernels (fp16 ran about 5x slower than fp32 on a 2-core
+    AMD EPYC); bf16 is used on a CPU only where it has native bf16 instructions, and on CUDA only
+    on GPUs with bf16 arithmetic (compute capability 8.0, Ampere, or newer: older ones such as
+    the V100 or T4 only emulate it, slower than fp32).
+    """
+    if name == "fp16" and device.type == "cpu":
+        return "fp32", "fp16 has no fast kernels on the CPU (about 5x slower); running in fp32"
+    if name == "bf16" and device.type == "cpu":
+        native = _cpu_has_bf16()
+        if native is False:
+            return "fp32", "this CPU has no native bf16 instructions (bf16 ran about 2x slower); running in fp32"
+        if native is None:
+            return name, "bf16 on a CPU without native bf16 instructions runs about 2x slower than fp32"
+    if name == "bf16" and device.type == "cuda" and torch.cuda.get_device_capability(device)[0] < 8:
+        return "fp32", "this GPU has no bf16 arithmetic (before compute capability 8.0); running in fp32"
+    return name, None
+
+
+def _cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool | None:
+    """Whether the CPU has native bf16 arithmetic (x86 AVX512-BF16/AMX, Arm BF16); None if unknown."""
+    check = getattr(getattr(torch._C, "_cpu", None), "_is_avx512_bf16_supported", None)
+    if check is not None:
+        return bool(check())
+    try:
+        flags = set(Path(cpuinfo).read_text().replace(":", " ").split())
+    except OSError:
+        return None
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
 
 
 def configure_backends(device: torch.device) -> None:

@@ -40,7 +40,8 @@ from omegaconf import OmegaConf
 from models import build_network  # noqa: E402
 from models.difface import DTYPES, DifFace, SamplingConfig  # noqa: E402
 from models.diffusion import DiffusionSchedule  # noqa: E402
-from difface.pipeline import ConfigError, load_config, pick_device, pick_dtype, sampling_of  # noqa: E402
+from difface.pipeline import ConfigError, load_config, sampling_of  # noqa: E402
+from models.runtime import pick_device, pick_dtype  # noqa: E402
 from models.runtime import configure_backends, prepare_network  # noqa: E402
 
 MODES = ("fp32", "bf16", "fp16", "compile")

@@ -318,7 +318,7 @@ def main(argv=None) -> int:
               "or pass --allow-missing)", file=sys.stderr)
         return 2
     if args.device == "auto":
-        from difface.pipeline import pick_device
+        from models.runtime import pick_device
         args.device = str(pick_device("auto"))
     args.out.mkdir(parents=True, exist_ok=True)
     run = {"celeba-test": celeba_test, "realworld": realworld, "inpainting": inpainting,

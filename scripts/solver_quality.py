@@ -38,7 +38,8 @@ import metrics.heldout as rs
 from metrics.fid import FidStats, frechet_distance  # noqa: E402
 from metrics.kid import kernel_inception_distance, polynomial_mmd2  # noqa: E402
 from models.difface import DifFace  # noqa: E402
-from difface.pipeline import ConfigError, load_config, pick_device, sampling_of  # noqa: E402
+from difface.pipeline import ConfigError, load_config, sampling_of  # noqa: E402
+from models.runtime import pick_device  # noqa: E402
 from models.samplers import TAKES_ETA  # noqa: E402
 
 SOLVERS = ("dpmpp_2m", "dpmpp_2m_sde")

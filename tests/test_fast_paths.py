@@ -183,9 +183,9 @@ def test_cli_says_which_steps_run_in_reduced_precision(tiny_cfg, tmp_path, capsy
     import numpy as np
 
     from difface import cli as inference
-    import difface.pipeline as pipeline
+    import models.runtime as runtime
     from datapipe.image_io import write_image
-    monkeypatch.setattr(pipeline, "_cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(runtime, "_cpu_has_bf16", lambda: True)
     write_image(tmp_path / "in" / "a.png", np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8))
     common = ["-i", str(tmp_path / "in"), "--aligned", "--cfg", str(tiny_cfg), "--device", "cpu", "--dtype", "bf16"]
     assert inference.main([*common, "-o", str(tmp_path / "a"), "low_precision_from_step=2"]) == 0
@@ -223,8 +223,8 @@ def test_benchmark_prints_the_side_by_side_table(tiny_cfg, capsys):
 def test_benchmark_end_to_end_runs_the_preset_precision_and_fp32(tiny_cfg, tmp_path, capsys, monkeypatch):
     import yaml
 
-    import difface.pipeline as pipeline
-    monkeypatch.setattr(pipeline, "_cpu_has_bf16", lambda: True)
+    import models.runtime as runtime
+    monkeypatch.setattr(runtime, "_cpu_has_bf16", lambda: True)
     fast = tmp_path / "fast.yaml"
     fast.write_text(yaml.safe_dump({**yaml.safe_load(tiny_cfg.read_text()), "dtype": "bf16",
                                     "low_precision_from_step": 100}))

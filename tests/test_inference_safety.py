@@ -172,7 +172,7 @@ def test_half_precision_on_cpu_falls_back_and_says_so(tiny_cfg, tmp_path, capsys
                 "--dtype", "fp16") == 0
     err = capsys.readouterr().err
     assert "running in fp32" in err and "(fp32)" in err
-    import difface.pipeline as pipeline
+    import models.runtime as pipeline
     monkeypatch.setattr(pipeline, "_cpu_has_bf16", lambda: False)
     assert pipeline.pick_dtype("bf16", torch.device("cpu"))[0] == "fp32"
     monkeypatch.setattr(pipeline, "_cpu_has_bf16", lambda: True)
@@ -184,7 +184,7 @@ def test_half_precision_on_cpu_falls_back_and_says_so(tiny_cfg, tmp_path, capsys
 
 
 def test_cpu_bf16_flag_is_read_from_cpuinfo(tmp_path, monkeypatch):
-    import difface.pipeline as pipeline
+    import models.runtime as pipeline
     monkeypatch.setattr(torch._C, "_cpu", None, raising=False)
     info = tmp_path / "cpuinfo"
     info.write_text("flags\t\t: fpu avx2 avx512f\n")
