@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .faces import BORDER_VALUE_RGB, is_ffhq_template, paste_faces, reframe_affine, warp_crop
+from .face_align import BORDER_VALUE_RGB, is_ffhq_template, paste_faces, reframe_affine, warp_crop
 from .image_io import tensor_to_uint8, uint8_to_tensor
 
 

@@ -14,8 +14,8 @@ import cv2
 import numpy as np
 import torch
 
-from .faces import (Face, FaceDetector, align_face, align_face_ffhq, enlarge_to_min_side, is_ffhq_template,
-                    paste_faces, upscale_lanczos)
+from .face_align import align_face, align_face_ffhq, is_ffhq_template, paste_faces
+from .faces import Face, FaceDetector
 from .image_io import tensor_to_uint8, uint8_to_tensor
 from .limits import MAX_DOWNSCALE
 
@@ -73,6 +73,25 @@ class PhotoResult:
             parts.append(("no face large enough to restore" if self.skipped else "no face found")
                          + ", the upscaled photo is written")
         return "; ".join(parts)
+
+
+def enlarge_to_min_side(img: np.ndarray, min_side: int = 512) -> tuple[np.ndarray, float]:
+    """Bilinearly enlarge HxWxC ``img`` so its short side is ``min_side`` (official step 1).
+
+    Returns (image, factor); an image already large enough comes back as is with factor 1.0.
+    """
+    h, w = img.shape[:2]
+    if min(h, w) >= min_side:
+        return img, 1.0
+    f = min_side / min(h, w)
+    size = (min_side, round(h * f)) if w <= h else (round(w * f), min_side)
+    return cv2.resize(img, size, interpolation=cv2.INTER_LINEAR), f
+
+
+def upscale_lanczos(img: np.ndarray, scale: float) -> np.ndarray:
+    """Default background: HxWxC uint8 -> (int(H*scale))x(int(W*scale))xC, cv2 Lanczos-4."""
+    h, w = img.shape[:2]
+    return cv2.resize(img, (int(w * scale), int(h * scale)), interpolation=cv2.INTER_LANCZOS4)
 
 
 def output_size(width: int, height: int, upscale: int) -> tuple[int, int]:

@@ -349,7 +349,7 @@ class Restorer:
             return self._backgrounds[name]
 
     def _realesrgan(self, name: str):
-        from datapipe.faces import upscale_lanczos
+        from datapipe.photos import upscale_lanczos
         from models.checkpoint import load_weights, resolve_weights
         from models.rrdbnet import realesrgan, upscale_tiled
         net_scale = 4 if "x4" in Path(name).name else 2

@@ -1,15 +1,17 @@
-"""datapipe.faces: face counts on real photos, landmark convention, alignment, paste-back."""
+"""datapipe.faces and datapipe.face_align: face counts on real photos, landmark convention, alignment,
+paste-back."""
 import importlib.util
 
 import cv2
 import numpy as np
 import pytest
 
-from datapipe.faces import (
-    BORDER_VALUE_RGB, FFHQ_TEMPLATE_512, FaceDetector, align_face, enlarge_to_min_side,
-    estimate_similarity, inverse_affine, landmarks5_from_68, paste_affine, paste_faces,
-    transform_points, upscale_lanczos,
+from datapipe.face_align import (
+    BORDER_VALUE_RGB, FFHQ_TEMPLATE_512, align_face, estimate_similarity, inverse_affine, paste_affine,
+    paste_faces, transform_points,
 )
+from datapipe.faces import FaceDetector, landmarks5_from_68
+from datapipe.photos import enlarge_to_min_side, upscale_lanczos
 
 # Faces a person sees in each photo, counted by eye on enlarged views of every image:
 # - 00.jpg: four people standing; a tiny dark head behind the first man shows no face.

@@ -8,9 +8,11 @@ import pytest
 import torch
 
 from datapipe.aligned import ModelFraming
-from datapipe.faces import (FFHQ_TEMPLATE_512, FaceDetector, estimate_similarity, ffhq_quad_affine,
-                            inverse_affine, is_ffhq_template, transform_points, upscale_lanczos)
+from datapipe.face_align import (FFHQ_TEMPLATE_512, estimate_similarity, ffhq_quad_affine, inverse_affine,
+                                 is_ffhq_template, transform_points)
+from datapipe.faces import FaceDetector
 from datapipe.image_io import read_image, tensor_to_uint8, write_image
+from datapipe.photos import upscale_lanczos
 from difface.pipeline import load_config
 from tests.test_inference import REPO, _faces, _run
 
