@@ -31,8 +31,8 @@ from torch.utils.data import Dataset, DistributedSampler
 
 from .degradations import BlindDegradation, BlindDegradationConfig
 from .image_io import ImageReadError, hwc_to_tensor, list_images, read_image, tensor_to_hwc
-from .masks import (MASK_GENERATORS, BoxMaskGenerator, IrregularMaskGenerator, MixedMaskGenerator, apply_mask,
-                    detect_black_holes, find_mask, mask_to_tensor, read_mask)
+from .mask_io import apply_mask, detect_black_holes, find_mask, mask_to_tensor, read_mask
+from .masks import MASK_GENERATORS, BoxMaskGenerator, IrregularMaskGenerator, MixedMaskGenerator
 
 log = logging.getLogger(__name__)
 

@@ -187,7 +187,7 @@ def run_aligned(restorer, jobs, bar, args) -> None:
     import numpy as np
 
     from datapipe.image_io import image_size
-    from datapipe.masks import MaskError, find_mask
+    from datapipe.mask_io import MaskError, find_mask
 
     from .restorer import InputError
     cfg = restorer.cfg

@@ -240,7 +240,7 @@ class Restorer:
 
     def prepare_aligned(self, image, name: str, mask=None, mask_style: str = "black") -> AlignedInput:
         """Read and check an aligned crop (and its mask), and frame it for the model."""
-        from datapipe.masks import MaskError, check_mask, detect_black_holes, detect_white_scribbles, read_mask
+        from datapipe.mask_io import MaskError, check_mask, detect_black_holes, detect_white_scribbles, read_mask
         img = _as_tensor(image, name, self.max_pixels)
         h, w = img.shape[-2:]
         item = AlignedInput(name, img, is_grey(img), info={"size": [w, h], "grey": is_grey(img)})

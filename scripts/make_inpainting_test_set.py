@@ -39,8 +39,9 @@ from tqdm import tqdm
 
 from datapipe.image_io import (ImageReadError, hwc_to_tensor, list_images, read_image,  # noqa: E402
                                tensor_to_hwc, tensor_to_uint8, write_image)
+from datapipe.mask_io import check_mask, write_mask  # noqa: E402
 from datapipe.masks import (BoxMaskGenerator, ExpandMaskGenerator, HalfMaskGenerator,  # noqa: E402
-                            IrregularMaskGenerator, check_mask, write_mask)
+                            IrregularMaskGenerator)
 
 KINDS = ("box", "irregular", "expand", "half")
 GENERATORS = {

@@ -252,7 +252,7 @@ def tiny_inpaint_cfg(tiny_cfg, tmp_path_factory) -> Path:
 
 def test_inpainting_black_holes_white_scribbles_and_mask_files(tiny_inpaint_cfg, tmp_path, face_images, capsys):
     from datapipe.image_io import read_image
-    from datapipe.masks import detect_black_holes, detect_white_scribbles
+    from datapipe.mask_io import detect_black_holes, detect_white_scribbles
 
     black = face_images / "masked" / "difface_inpainting_256"
     out = tmp_path / "black"

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from datapipe.image_io import list_images, read_image, write_image
+from datapipe.mask_io import (MaskError, apply_mask, check_mask, detect_black_holes, detect_white_scribbles,
+                              find_mask, mask_to_tensor, read_mask, write_mask)
 from datapipe.masks import (MASK_GENERATORS, BoxMaskGenerator, ExpandMaskGenerator, HalfMaskGenerator,
-                            IrregularMaskGenerator, MaskError, MixedMaskGenerator,
-                            OutpaintingMaskGenerator, apply_mask, build_mask_generator, check_mask,
-                            detect_black_holes, detect_white_scribbles, find_mask, mask_to_tensor,
-                            read_mask, write_mask)
+                            IrregularMaskGenerator, MixedMaskGenerator, OutpaintingMaskGenerator,
+                            build_mask_generator)
 
 REPO = Path(__file__).resolve().parents[1]
 S = 256

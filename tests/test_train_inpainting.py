@@ -9,7 +9,8 @@ import torch
 from torch.utils.data import default_collate
 
 from datapipe.datasets import DATASETS, DatasetConfig, MaskConfig, build_dataset, fit_mask_generator
-from datapipe.masks import BoxMaskGenerator, MixedMaskGenerator, write_mask
+from datapipe.mask_io import write_mask
+from datapipe.masks import BoxMaskGenerator, MixedMaskGenerator
 from models import build_network
 from models.checkpoint import load_weights
 from trainer import Trainer, train
