@@ -8,13 +8,15 @@
 from that folder and run unmodified on the CPU in float32: the networks are tiny configurations of the
 official classes with random weights, every `torch.randn_like` draw of the official diffusion code is
 answered with a stored tensor, and the intermediate values are read with forward hooks and by wrapping
-module functions. The official requirements timm, kornia and einops must be importable.
+module functions. The official requirements timm, kornia and einops must be importable (gdown, which
+only the official download helpers use, is replaced by an empty module when it is missing).
 
 With --inputs DIR the network weights and every input (noise, images) come from an existing reference
-set and only the outputs are computed again: with the same library versions and thread count this
-rebuilds that set exactly. Without it, new weights and inputs are drawn from fixed seeds (the real faces
-come from --faces) and the result is a new, equally valid reference set; point the parity tests at it
-with DIFFACE_FIXTURES=DIR. --compare DIR prints, file by file, how the new files differ from DIR.
+set and only the outputs are computed again: on the machine, library versions and thread count that
+made that set this rebuilds it exactly; elsewhere the float32 results differ in the last bits. Without
+it, new weights and inputs are drawn from fixed seeds (the real faces come from --faces) and the result
+is a new, equally valid reference set; point the parity tests at it with DIFFACE_FIXTURES=DIR.
+--compare DIR prints, file by file, how the new files differ from DIR.
 tests/fixtures/official/README.md describes every file.
 """
 from __future__ import annotations
@@ -136,7 +138,7 @@ def set_batchnorm_statistics(net, gen):
         net(batch)
         for m in bns:
             m.momentum = 0.1
-            m.running_var.mul_(0.5 + torch.rand(m.running_var.shape, generator=gen, dtype=torch.float64).float())
+            m.running_var.mul_(0.5 + torch.rand(m.running_var.shape, generator=gen))
             m.running_mean.add_(0.1 * m.running_var.sqrt() * torch.randn(m.running_mean.shape, generator=gen))
     net.eval()
 
