@@ -9,10 +9,15 @@ Exact resume: a run stopped after step k and resumed with ``--resume auto`` reac
 weights at step n as an uninterrupted run, because everything random is a function of state
 saved in the checkpoint (model, EMA, optimizer, scaler, scheduler, step, RNG states of every
 rank) or of (seed, step): the data order and each sample's degradation (datapipe.datasets).
+A resumed run trains to the target it was started with unless the command line names one.
+
+Nothing is written before the run has passed its checks (config, data, network, checkpoint to
+resume from): a refused run creates no ``out_dir`` and no ``train.log``.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import logging
 import math
@@ -29,8 +34,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from models import build_network
-from training import (AMP_DTYPES, Ema, RunFolder, TrainConfig, build_objective,
-                      config_changes, config_yaml, load_config, seed_all, setup_distributed, weights_hash)
+from models.checkpoint import WeightsError
+from training import (AMP_DTYPES, Ema, RunFolder, TrainConfig, build_objective, config_changes, config_yaml,
+                      load_config, saved_value, seed_all, setup_distributed, weights_hash)
 from training.data import build_data
 from training.guards import Guards, TrainingDiverged
 from training.logs import Progress, RunLog, log_summary
@@ -41,9 +47,15 @@ log = logging.getLogger("trainer")
 
 
 class Trainer:
-    """The training loop; model, objective and data are injected through the config."""
+    """The training loop; model, objective and data are injected through the config.
 
-    def __init__(self, cfg: TrainConfig, resume: Optional[str] = None):
+    ``resume``: None, ``"auto"`` or a checkpoint path. ``target_from``: where ``cfg.max_steps``
+    comes from, for the log of a resumed run; None means that it was not chosen for this run, and
+    a resumed run then keeps the target saved in its checkpoint (``trainer.py --resume`` without
+    ``--max-steps``). ``cfg`` (``self.cfg``) is then a copy with that target.
+    """
+
+    def __init__(self, cfg: TrainConfig, resume: Optional[str] = None, target_from: Optional[str] = "the config"):
         self.cfg, self.dist = cfg, setup_distributed(cfg.device)
         if cfg.data.batch_size % self.dist.world:
             raise ValueError(f"data.batch_size={cfg.data.batch_size} is not divisible by the "
@@ -51,23 +63,23 @@ class Trainer:
         self.out = Path(cfg.out_dir)
         self.folder = RunFolder(self.out, cfg.log.keep_last)
         self.store = self.folder.store
-        self.runlog = RunLog(self.out, self.dist.rank, cfg.log.tensorboard)
+        self.runlog = RunLog(self.out, self.dist.rank, cfg.log.tensorboard)  # no file yet
         self.guards = Guards(self.folder, self.dist, cfg.log.spike_factor)
         self.stopped_by: Optional[int] = None  # the signal that ended train(), if any
         try:
-            self._build(cfg, resume)
-            self.runlog.open_tensorboard(self.step)
-            if self.dist.main:
-                params = sum(p.numel() for p in self.net.parameters())
-                log_summary(cfg, self.dist, self.data, params, self.step, self.store.folder)
+            self._build(resume, target_from)
+            self._start()
         except BaseException:
             self.close()
             raise
 
-    def _build(self, cfg: TrainConfig, resume: Optional[str]) -> None:
-        """Objective, data, network, EMA, optimizer, scheduler, scaler, generators; then resume."""
-        resumed = self.folder.open(resume, self.dist)  # (path, state) or None; may roll back
-        device, rank = self.dist.device, self.dist.rank
+    def _build(self, resume: Optional[str], target_from: Optional[str]) -> None:
+        """Checkpoint to resume from, objective, data, network, EMA, optimizer, scheduler, scaler,
+        generators, the resumed state: every check, and nothing written to disk."""
+        resumed = self.folder.find(resume, self.dist)  # (path, state) or None
+        if resumed is not None:
+            self.cfg = self._target(resumed[1], target_from)
+        cfg, device, rank = self.cfg, self.dist.device, self.dist.rank
         self.objective = build_objective(cfg.objective, cfg.diffusion, cfg.log.y_channel)
         # data problems surface before the (large) model is built
         self.data = build_data(cfg.data, cfg.seed, self.dist, self.objective.inputs, cfg.objective.name)
@@ -83,14 +95,40 @@ class Trainer:
         seed_all(cfg.seed + rank)  # dropout etc.: a different stream per rank
         self.step, self.best, self.saved_step = 0, None, None
         if resumed is not None:
-            self.load_state(resumed[1])
+            try:
+                self.load_state(resumed[1])
+            except RuntimeError as err:  # shapes or names differ: another network's checkpoint
+                raise ValueError(f"{resumed[0]} does not fit the network of this config ({cfg.model.name}): "
+                                 f"{str(err).splitlines()[0]}") from err
             self.saved_step = self.step
             log.info("resumed from %s at step %d", resumed[0], self.step)
         ddp = self.dist.world > 1
         ids = [device.index] if device.type == "cuda" else None
         self.model = DistributedDataParallel(self.net, device_ids=ids) if ddp else self.net
+
+    def _target(self, state: dict, target_from: Optional[str]) -> TrainConfig:
+        """The config of a resumed run: ``self.cfg``, with the target (``max_steps``) of the
+        checkpoint's run when ``target_from`` is None; the choice and its reason are logged."""
+        cfg, saved = self.cfg, saved_value(state["config"], "max_steps")
+        if target_from is None and saved is not None:
+            log.info("target max_steps=%d: the resumed run's (the config says %d; --max-steps N or "
+                     "max_steps=N sets another)", saved, cfg.max_steps)
+            return dataclasses.replace(cfg, max_steps=saved)
+        log.info("target max_steps=%d: from %s (the resumed run's was %s)", cfg.max_steps,
+                 target_from or "the config", saved)
+        return cfg
+
+    def _start(self) -> None:
+        """The run passed its checks and starts: ``out_dir`` and ``train.log``, the rollback's
+        moves, ``config.yaml``, TensorBoard, the summary."""
+        self.runlog.start()
+        self.folder.prepare(self.saved_step, self.dist)  # saved_step: the resumed step, or None
         if self.dist.main:
-            (self.out / "config.yaml").write_text(config_yaml(cfg))
+            (self.out / "config.yaml").write_text(config_yaml(self.cfg))
+        self.runlog.open_tensorboard(self.step)
+        if self.dist.main:
+            params = sum(p.numel() for p in self.net.parameters())
+            log_summary(self.cfg, self.dist, self.data, params, self.step, self.store.folder)
 
     @property
     def loader(self) -> DataLoader:
@@ -124,6 +162,8 @@ class Trainer:
         log.info("from the checkpoint: weights, EMA, optimizer moments, scaler, schedule position (step %d), "
                  "RNG states, best score; from the config: every hyper-parameter", self.step)
         for key, old, new in config_changes(state["config"], self.cfg):
+            if key == "max_steps":  # the target has its own log line
+                continue
             log.warning("%s = %r from the config (the checkpoint's run had %r)", key, new, old)
 
     def save(self, name: Optional[str] = None) -> Optional[Path]:
@@ -192,6 +232,9 @@ class Trainer:
     def train(self) -> None:
         """Run until ``max_steps``, then save a final checkpoint and ``export.safetensors``."""
         cfg = self.cfg
+        if self.step >= cfg.max_steps:
+            log.info("already at step %d, %s: nothing to train", self.step,
+                     "the target" if self.step == cfg.max_steps else f"past the target max_steps={cfg.max_steps}")
         progress = Progress(self.runlog, self.step, cfg.max_steps, cfg.log.log_every, cfg.data.batch_size)
         with self.guards:  # from here SIGTERM / SIGINT only set a flag, read after each step
             while self.step < cfg.max_steps and self.stopped_by is None:
@@ -261,12 +304,14 @@ class Trainer:
 # --------------------------------------------------------------------------------------------
 
 
-def train(cfg: TrainConfig, resume: Optional[str] = None, dump_weights_hash: bool = False) -> Trainer:
-    """Build a :class:`Trainer`, run it to ``cfg.max_steps`` and close it; returns the trainer.
+def train(cfg: TrainConfig, resume: Optional[str] = None, dump_weights_hash: bool = False,
+          target_from: Optional[str] = "the config") -> Trainer:
+    """Build a :class:`Trainer`, run it to its target and close it; returns the trainer.
 
     ``dump_weights_hash``: every rank writes ``<out_dir>/weights_rank<r>.sha256`` at the end.
+    ``target_from``: see :class:`Trainer` (None: a resumed run keeps its own ``max_steps``).
     """
-    trainer = Trainer(cfg, resume)
+    trainer = Trainer(cfg, resume, target_from)
     try:
         trainer.train()
         if dump_weights_hash:
@@ -284,10 +329,13 @@ EXAMPLES = """examples:
 
 Outputs in out_dir: config.yaml, train.log, tb/ (TensorBoard), images/, ckpts/step_<N>.pt (last
 log.keep_last) and ckpts/best.pt, ema_<N>.safetensors and export.safetensors (for inference).
-SIGTERM / SIGINT save a checkpoint at the current step and stop; --resume auto continues exactly.
+SIGTERM / SIGINT save a checkpoint at the current step and stop; --resume auto continues exactly,
+to the max_steps the run was started with unless --max-steps N (or max_steps=N) names another.
 --resume PATH to an earlier step moves the later checkpoints into ckpts/rolled_back_after_step_<N>/.
 Exit codes: 0 done, 2 a user error (config, data, disk) or divergence (NaN/inf loss or weights;
-the last trustworthy checkpoint is kept), 128 + signal number when stopped by a signal."""
+the last trustworthy checkpoint is kept), 128 + signal number when stopped by a signal. A user
+error creates no out_dir and no train.log. Paths in a config file are relative to its folder;
+paths on the command line and out_dir to the working folder."""
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
@@ -300,7 +348,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                    help="continue from a checkpoint file, or the latest readable one in out_dir/ckpts "
                         "(default: start at step 0; refused if out_dir already holds checkpoints)")
     p.add_argument("--out-dir", default=None, help="output folder (default: the config's out_dir)")
-    p.add_argument("--max-steps", type=int, default=None, help="last step (default: the config's max_steps)")
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="last step (default: the config's max_steps; with --resume, the resumed run's)")
     p.add_argument("--save-every", type=int, default=None,
                    help="checkpoint interval in steps (default: the config's log.save_every)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
@@ -324,8 +373,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.dry_run:
         print(config_yaml(cfg), end="")
         return 0
+    named = args.max_steps is not None or any(o.split("=", 1)[0].strip() == "max_steps" for o in args.overrides)
     try:
-        trainer = train(cfg, args.resume, args.debug_dump_weights_hash)
+        trainer = train(cfg, args.resume, args.debug_dump_weights_hash, "the command line" if named else None)
     except OSError as err:  # missing data root, full disk, unreadable files
         if err.errno == errno.ENOSPC:
             print(f"error: no space left on the device writing {err.filename or cfg.out_dir}: free some "
@@ -333,7 +383,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         else:
             print(f"error: {err}", file=sys.stderr)
         return 2
-    except (TrainingDiverged, ValueError) as err:  # divergence, empty folder, too few images, bad checkpoints
+    except (TrainingDiverged, ValueError, WeightsError) as err:  # divergence, empty folder, too few images,
+        # bad checkpoints, a model.weights file that is missing or does not fit
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 128 + trainer.stopped_by if trainer.stopped_by is not None else 0

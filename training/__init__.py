@@ -18,7 +18,7 @@ from typing import Optional
 
 from . import config
 from .config import (AMP_DTYPES, LOWER_IS_BETTER, DataConfig, DiffusionConfig, LogConfig, ObjectiveConfig,
-                     OptimConfig, TrainConfig, check_config, config_changes, config_yaml)
+                     OptimConfig, TrainConfig, check_config, config_changes, config_yaml, saved_value)
 from .objectives import OBJECTIVES, HybridDiffusionLoss, ImageScores, PixelLoss, build_objective
 from .run import CheckpointStore, ResumeError, RunFolder
 from .state import (LR_SCHEDULES, Dist, Ema, LRFactor, rng_state, seed_all, set_rng_state, setup_distributed,
@@ -35,7 +35,7 @@ def load_config(path: Optional[str | Path], overrides: list[str] = ()) -> TrainC
 
 __all__ = [
     "AMP_DTYPES", "LOWER_IS_BETTER", "DataConfig", "DiffusionConfig", "LogConfig", "ObjectiveConfig",
-    "OptimConfig", "TrainConfig", "check_config", "config_changes", "config_yaml", "load_config",
+    "OptimConfig", "TrainConfig", "check_config", "config_changes", "config_yaml", "load_config", "saved_value",
     "REGISTRY_NAMES", "OBJECTIVES", "HybridDiffusionLoss", "ImageScores", "PixelLoss", "build_objective",
     "LR_SCHEDULES", "CheckpointStore", "Dist", "Ema", "LRFactor", "ResumeError", "RunFolder", "rng_state",
     "seed_all", "set_rng_state", "setup_distributed", "weights_hash",

@@ -175,6 +175,11 @@ def config_changes(saved_yaml: str, cfg: TrainConfig) -> list[tuple[str, object,
     return [(k, old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
 
 
+def saved_value(saved_yaml: str, key: str):
+    """The value of dotted ``key`` in a saved config (YAML text), None if it has none."""
+    return OmegaConf.select(OmegaConf.create(saved_yaml), key, default=None)
+
+
 def _allowed(key: str, value, allowed) -> None:
     if value not in allowed:
         raise ValueError(f"{key}={value!r} is not allowed; choose one of {sorted(allowed)}")

@@ -32,25 +32,53 @@ class _TqdmHandler(logging.Handler):
         tqdm.write(self.format(record), file=sys.stderr)
 
 
+class _Held(logging.Handler):
+    """Keeps the records logged before ``train.log`` exists."""
+
+    def __init__(self):
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
 class RunLog:
-    """Log handlers of the ``trainer`` and ``datapipe`` loggers, TensorBoard and PNG grids of a run."""
+    """Log handlers of the ``trainer`` and ``datapipe`` loggers, TensorBoard and PNG grids of a run.
+
+    Until :meth:`start` nothing is written to disk: log lines go to stderr, and rank 0 keeps them
+    in memory. :meth:`start` (the run passed its checks and really starts) creates ``out_dir`` and
+    ``train.log`` and writes the kept lines first, so a refused run leaves no folder and no log.
+    """
 
     def __init__(self, out: Path, rank: int, tensorboard: bool):
         self.out, self.main = Path(out), rank == 0
-        fmt = logging.Formatter(f"%(asctime)s [rank {rank}] %(levelname)s %(message)s", "%H:%M:%S")
-        handlers: list[logging.Handler] = [_TqdmHandler()]
-        if self.main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            handlers.append(logging.FileHandler(self.out / "train.log"))
+        self.fmt = logging.Formatter(f"%(asctime)s [rank {rank}] %(levelname)s %(message)s", "%H:%M:%S")
+        self.held = _Held() if self.main else None
+        handlers: list[logging.Handler] = [_TqdmHandler(), *([self.held] if self.held else [])]
         self.saved = [(lg, lg.level, lg.propagate) for lg in map(logging.getLogger, LOGGERS)]
         for logger, _, _ in self.saved:
             _drop_handlers(logger)
             logger.setLevel(logging.INFO if self.main else logging.WARNING)
             logger.propagate = False
             for h in handlers:
-                h.setFormatter(fmt)
+                h.setFormatter(self.fmt)
                 logger.addHandler(h)
         self.tensorboard, self.writer = tensorboard and self.main, None
+
+    def start(self) -> None:
+        """Rank 0: create ``out_dir`` and append to ``out_dir/train.log``, the held lines first."""
+        if self.held is None:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        file = logging.FileHandler(self.out / "train.log")
+        file.setFormatter(self.fmt)
+        for record in self.held.records:
+            file.handle(record)
+        for logger, _, _ in self.saved:
+            logger.removeHandler(self.held)
+            logger.addHandler(file)
+        self.held = None
 
     def open_tensorboard(self, step: int) -> None:
         """Start TensorBoard at ``step``: events a previous run wrote after ``step`` are purged

@@ -157,23 +157,17 @@ class RunFolder:
         self.out = Path(out)
         self.store = CheckpointStore(self.out / "ckpts", keep_last)
 
-    def open(self, resume: Optional[str], d: Dist) -> Optional[tuple[Path, dict]]:
+    def find(self, resume: Optional[str], d: Dist) -> Optional[tuple[Path, dict]]:
         """(path, state) to resume from, or None; refuse to train over existing checkpoints.
 
-        Rank 0 first deletes temp files of interrupted writes and, when resuming at step k,
-        moves the checkpoints and exports of steps after k (a rollback, or unreadable newer
-        files) into ``ckpts/rolled_back_after_step_<k>/``: this run's lineage is then the only
-        one in ``ckpts/``, so pruning and a later ``--resume auto`` never mix two runs. The
-        other ranks read the same checkpoint after rank 0 is done (a collective call).
+        Reads only: nothing in ``out_dir`` is created, moved or deleted (that is :meth:`prepare`'s,
+        once the run starts). Rank 0 looks first; its errors reach the other ranks' barrier
+        before they are raised, then the other ranks read the same checkpoint (a collective call).
         """
         found, error = None, None
         if d.main:
             try:
-                for p in self.remove_temp_files():
-                    log.info("deleted %s, left by an interrupted write", p)
                 found = self.resume_source(resume)
-                if found is not None:
-                    self.set_aside(found[1]["step"], "rolled_back")
             except (OSError, ValueError) as err:  # the other ranks must not wait at the barrier
                 error = err
         if d.world > 1:
@@ -183,6 +177,27 @@ class RunFolder:
         if error is not None:
             raise error
         return found
+
+    def prepare(self, step: Optional[int], d: Dist) -> None:
+        """The run starts (resuming at ``step``, None = from step 0): rank 0 deletes temp files of
+        interrupted writes and moves the checkpoints and exports of steps after ``step`` (a
+        rollback, or unreadable newer files) into ``ckpts/rolled_back_after_step_<step>/``, so
+        this run's lineage is the only one in ``ckpts/`` and pruning and a later ``--resume auto``
+        never mix two runs. A collective call: every rank has read its checkpoint before, and
+        learns after whether rank 0 succeeded."""
+        if d.world > 1:
+            dist.barrier()
+        error = None
+        if d.main:
+            try:
+                for p in self.remove_temp_files():
+                    log.info("deleted %s, left by an interrupted write", p)
+                if step is not None:
+                    self.set_aside(step, "rolled_back")
+            except OSError as err:
+                error = err
+        if d.from_main(error is not None):
+            raise error if error is not None else RuntimeError("rank 0 could not prepare the run folder")
 
     def remove_temp_files(self) -> list[Path]:
         """Delete the temp files that interrupted checkpoint or export writes left behind."""
