@@ -103,6 +103,18 @@ def test_usage_errors_create_no_run_folder(case, faces, tmp_path, capsys):
     assert not out.exists(), f"{case}: {sorted(p.name for p in out.rglob('*'))}"
 
 
+def test_a_checkpoint_of_another_network_is_an_error_line(faces, tmp_path, capsys):
+    prior = tmp_path / "prior"
+    assert main(["--cfg", str(CONFIGS / "tiny_prior.yaml"), f"data.train.root={faces}", "--out-dir", str(prior),
+                 "--max-steps", "1", *QUIET]) == 0
+    out = tmp_path / "out"
+    code = main(["--cfg", TINY, f"data.train.root={faces}", "--out-dir", str(out), *QUIET,
+                 "--resume", str(prior / "ckpts" / "step_00000001.pt")])
+    err = capsys.readouterr().err
+    assert code == 2 and "does not fit the network of this config (swinir)" in err and "Traceback" not in err, err
+    assert not out.exists()
+
+
 def test_refusing_an_existing_run_folder_touches_nothing_in_it(faces, tmp_path, capsys):
     run = ["--cfg", TINY, f"data.train.root={faces}", "--out-dir", str(tmp_path), "--max-steps", "2", *QUIET]
     assert main(run) == 0
