@@ -13,19 +13,22 @@ from typing import Callable
 import torch
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
+TRAIN_DEVICES = ("auto", "cpu", "cuda")  # the trainer (DDP, AMP) does not run on MPS
 
 
 class DeviceError(ValueError):
     """A device was asked for that this machine does not have."""
 
 
-def pick_device(name: str) -> torch.device:
-    """'auto' -> cuda, else mps, else cpu; an unavailable explicit device is a clear error."""
-    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+def pick_device(name: str, allowed: tuple[str, ...] = DEVICES) -> torch.device:
+    """'auto' -> cuda, else mps, else cpu (among `allowed`); an unavailable or unknown device is
+    a clear error. The one place a device name becomes a device (a CUDA index is the caller's:
+    under torchrun, LOCAL_RANK)."""
+    if name not in allowed:
+        raise DeviceError(f"unknown device {name!r}; allowed: {', '.join(allowed)}")
+    mps = "mps" in allowed and getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps else "cpu")
-    if name not in DEVICES:
-        raise DeviceError(f"unknown device {name!r}; allowed: {', '.join(DEVICES)}")
     if name == "cuda" and not torch.cuda.is_available():
         raise DeviceError("device 'cuda' was asked for but no CUDA device is available")
     if name == "mps" and not mps:

@@ -42,7 +42,8 @@ import torch
 
 from datapipe.degradations import BlindDegradationConfig
 from datapipe.image_io import tensor_to_uint8, write_image
-from difface.pipeline import DEVICES, ConfigError, load_config, pick_device, sampling_of
+from difface.pipeline import ConfigError, load_config, sampling_of
+from models.runtime import DEVICES, pick_device
 from metrics.heldout import (Faces, Runner, Scorer, build_estimator, degradation_config, degrade, int_list,
                              load_heldout, machine, to_uint8)
 from metrics.heldout_report import image_rows, plot_steps, plot_tradeoff, weight_file, write_reports

@@ -31,6 +31,7 @@ from datapipe.datasets import DatasetConfig, check_dataset_config
 from models import NETWORKS, DiffusionConfig, NetworkConfig
 from models.checkpoint import REGISTRY
 from models.diffusion import BETA_SCHEDULES
+from models.runtime import TRAIN_DEVICES
 
 
 @dataclass
@@ -110,7 +111,6 @@ class TrainConfig:
 
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-DEVICES = ("auto", "cpu", "cuda")
 LOWER_IS_BETTER = ("loss", "mse", "vb", "lpips")
 BEST_METRICS = ("psnr", "ssim", *LOWER_IS_BETTER)
 
@@ -189,7 +189,7 @@ def check_config(cfg: TrainConfig, names: Optional[Mapping[str, Collection[str]]
     """Value checks OmegaConf's types cannot express; each error names the key. ``names``: the
     allowed values of more dotted keys, e.g. ``{"objective.name": OBJECTIVES}``."""
     choices = {"model.name": NETWORKS, **(names or {}), "diffusion.schedule": BETA_SCHEDULES,
-               "amp": AMP_DTYPES, "device": DEVICES, "log.best_metric": BEST_METRICS}
+               "amp": AMP_DTYPES, "device": TRAIN_DEVICES, "log.best_metric": BEST_METRICS}
     for key, allowed in choices.items():
         _allowed(key, functools.reduce(getattr, key.split("."), cfg), allowed)
     check_dataset_config(cfg.data.train, "data.train")

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from models.runtime import TRAIN_DEVICES, pick_device
+
 if TYPE_CHECKING:
     from .config import OptimConfig
 
@@ -188,10 +190,8 @@ class Dist:
 
 def setup_distributed(device: str) -> Dist:
     """Read torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK); init DDP when world > 1."""
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device=cuda was asked for but CUDA is not available")
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    use_cuda = pick_device(device, TRAIN_DEVICES).type == "cuda"
     dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(dev)
