@@ -2,7 +2,7 @@
 
 Inside the code an image is a ``torch.float32`` tensor, RGB, values in ``[0, 1]``, shape
 ``(3, H, W)`` (or ``(B, 3, H, W)`` for a batch). Everything else - BGR, uint8, uint16, grey,
-alpha, EXIF orientation, file formats - is converted here and nowhere else (DESIGN.md §3).
+alpha, EXIF orientation, file formats - is converted here and nowhere else.
 
 Reading rules (docs/method.md#image-reading, with the official bugs fixed):
 
