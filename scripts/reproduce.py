@@ -7,24 +7,27 @@
     python scripts/reproduce.py inpainting --hq CELEBA_256_DIR --out results/inpainting
     python scripts/reproduce.py curves --out results/curves        # kappa_N / alpha_N (Fig. 4)
 
-Each step is the project's own command (make_test_set.py, inference.py with an explicit --cfg,
-evaluate.py), so every number can be recomputed by hand; every run writes a Markdown table
-(`table.md`) into --out with the paper's column names and order (PSNR, SSIM, LPIPS, IDS, LMD,
-FID) and the settings that made it (model, N, eta, sampler, steps, FID backbone). N = 0 in
-ablation-n is the estimator alone. `--max-images N` gives a quick run on the first N images.
-Weights: as inference.py; IDS needs `--arcface resnet18_110.pth`.
+Every step runs in this process through the library (datapipe.testsets, one difface.Restorer
+per table whose networks are built once, metrics.evaluation) and first prints the equivalent
+command (make_test_set.py, inference.py with an explicit --cfg, evaluate.py) that recomputes its
+files by hand; the restored files are the bytes inference.py writes. Each run writes `table.md`
+into --out with the paper's columns in its order (PSNR, SSIM, LPIPS, IDS, LMD, FID) and the
+settings that made it (model, N, eta, sampler, steps, FID backbone). N = 0 in ablation-n is the
+estimator alone. `--max-images N` gives a quick run on the first N images. Existing restorations
+are kept, as inference.py keeps them (delete a folder to redo it). Weights: as inference.py; IDS
+needs `--arcface resnet18_110.pth`.
 
-A failed step stops the run with its exit code and last error lines (exit 1). A requested
-column that could not be computed is n/a in the table and makes the exit code 1, unless
-`--allow-missing`. Usage errors exit with 2.
+A failed step (an image that cannot be read or restored, missing weights, an evaluation that
+cannot run) stops the run with its message: exit 1. A requested column that could not be
+computed is n/a in the table and makes the exit code 1, unless `--allow-missing` (which also goes
+on without the images a step could not use). Usage errors (options, overrides, values): exit 2.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import shlex
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -39,60 +42,135 @@ COLUMNS = {"psnr": ("psnr", "PSNR"), "ssim": ("ssim", "SSIM"), "psnr_y": ("psnr_
            "id": ("ids_arcface", "IDS"), "id_dlib": ("id_dlib", "IDS (dlib)"), "lmd": ("lmd_dlib68", "LMD"),
            "lmd_dlib68": ("lmd_dlib68", "LMD"), "fid": ("fid", "FID")}
 PAPER_ORDER = ("psnr", "psnr_y", "ssim", "ssim_y", "lpips", "lpips_vgg", "id", "id_dlib", "lmd", "lmd_dlib68", "fid")
-DEFAULT_CFG = {"inpainting": "inpaint_ffhq256"}  # every other sub-command: difface_ffhq512
+SAMPLING_FLAGS = {"start_step": "--start-step", "eta": "--eta"}  # ablated setting -> inference.py option
+MAX_PIXELS = 100_000_000  # inference.py's --max-pixels default
 
 
 class StepFailed(RuntimeError):
-    """One of the project's commands failed; the message holds its exit code and last output."""
+    """A step could not be done; the message names the step and the reason."""
 
 
-def call(script: str, *args, allowed=(0,)) -> int:
-    """Run one of the project's commands (its output passes through); raise :class:`StepFailed`
-    with the tail of its error output when the exit code is not in ``allowed``."""
-    cmd = [sys.executable, str(REPO / script), *[str(a) for a in args]]
-    print("$", " ".join(cmd), flush=True)
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE)
-    tail = b""
-    while True:
-        chunk = os.read(proc.stderr.fileno(), 65536)
-        if not chunk:
-            break
-        sys.stderr.buffer.write(chunk)
-        sys.stderr.flush()
-        tail = (tail + chunk)[-4000:]
-    code = proc.wait()
-    if code not in allowed:
-        last = [ln for ln in tail.decode(errors="replace").replace("\r", "\n").splitlines() if ln.strip()]
-        raise StepFailed(f"{Path(script).name} failed with exit code {code}: {' | '.join(last[-5:]) or '(no output)'}"
-                         f"\n  command: {' '.join(cmd)}")
-    return code
+def show(script: str, *args) -> None:
+    """Print the command that does this step by hand (paths as given; the script relative to the working folder)."""
+    cmd = ["python", os.path.relpath(REPO / script), *[str(a) for a in args]]
+    print("$", shlex.join(cmd), flush=True)
 
 
-def restore(args, lq: Path, out: Path, *extra) -> dict:
-    """Restore a folder with inference.py (always with an explicit --cfg); return its resolved config."""
-    call("inference.py", "-i", lq, "-o", out, "--aligned", "--cfg", args.cfg, "--device", args.device,
-         "--dtype", args.dtype, "--batch-size", args.batch_size, *extra, *args.overrides,
-         allowed=(0, 1) if args.allow_missing else (0,))
-    manifests = sorted(out.glob("manifest_*.json"))
-    return json.loads(manifests[-1].read_text()).get("config", {}) if manifests else {}
+def log(msg: str) -> None:
+    """Progress, warnings and errors (stdout has the commands and the results)."""
+    print(msg, file=sys.stderr, flush=True)
+
+
+def the_restorer(args):
+    """The run's difface.Restorer with the options inference.py would be given, made on first use:
+    the networks are built once per table."""
+    if args.restorer is None:
+        import difface
+        overrides = [*args.overrides, f"batch_size={args.batch_size}", f"dtype={args.dtype}"]
+        overrides += [f"task={args.task}"] if args.task else []
+        args.restorer = difface.Restorer(args.cfg, device=args.device, overrides=overrides, max_pixels=MAX_PIXELS)
+        for line in [f"warning: {note}" for note in args.restorer.notes] + [args.restorer.describe()]:
+            log(line)
+    return args.restorer
+
+
+def restore(args, lq: Path, out: Path, sampling: dict | None = None, mask_dir: Path | None = None) -> dict:
+    """Restore the aligned faces of `lq` into `out` (`<stem>.png`, the files `inference.py --aligned
+    --cfg ...` writes), `sampling` ({'start_step': N} or {'eta': e}) changing the preset's. Bad
+    images are reported by name and skipped. Returns the resolved config with the sampling used
+    (also saved as `out/config.yaml`)."""
+    from omegaconf import OmegaConf
+
+    from datapipe.image_io import ImageWriteError, write_image
+    from datapipe.jobs import PlanError, plan_jobs
+    from datapipe.mask_io import MaskError, find_mask
+    from difface import InputError
+    sampling = sampling or {}
+    extra = [x for key, value in sampling.items() for x in (SAMPLING_FLAGS[key], value)]
+    extra += (["--task", args.task] if args.task else []) + (["--mask", mask_dir] if mask_dir else [])
+    show("inference.py", "-i", lq, "-o", out, "--aligned", "--cfg", args.cfg, "--device", args.device,
+         "--dtype", args.dtype, "--batch-size", args.batch_size, *extra, *args.overrides)
+    restorer = the_restorer(args)
+    method = restorer.sampling(**sampling)
+    cfg = OmegaConf.merge(restorer.cfg, {"sampling": sampling}) if sampling else restorer.cfg
+    try:
+        jobs = plan_jobs(lq, out, False, cfg.num_samples)
+    except PlanError as err:
+        raise StepFailed(f"restoring {lq}: {err}") from None
+    todo, failed = [job for job in jobs if not job.finished], []
+    if len(todo) < len(jobs):
+        log(f"kept {len(jobs) - len(todo)} existing restoration(s) in {out}")
+    for i in range(0, len(todo), args.batch_size):
+        batch = []
+        for job in todo[i:i + args.batch_size]:
+            try:
+                mask = find_mask(job.source, mask_dir) if mask_dir else None
+                batch.append((job, restorer.prepare_aligned(job.source, job.key, mask)))
+            except (InputError, MaskError) as err:
+                failed.append(job.key)
+                log(f"error: {err}")
+        results = restorer.restore_aligned([item for _, item in batch], method) if batch else []
+        for (job, _), res in zip(batch, results):
+            try:
+                for path, image in zip(job.outputs, res.samples):
+                    write_image(path, image)
+            except ImageWriteError as err:
+                failed.append(job.key)
+                log(f"error: {err}")
+        log(f"restored {min(i + args.batch_size, len(todo))}/{len(todo)} into {out}")
+    out.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, out / "config.yaml")
+    if failed and not args.allow_missing:
+        raise StepFailed(f"restoring {lq}: {len(failed)} image(s) failed: {', '.join(failed[:5])}"
+                         + (" ..." if len(failed) > 5 else "") + " (--allow-missing goes on without them)")
+    return OmegaConf.to_container(cfg, resolve=True)
 
 
 def evaluate(args, restored: Path, out: Path, gt: Path | None, metrics: str, fid_ref=None) -> dict:
-    """Score a folder with evaluate.py; exit code 1 (a metric or an image missing) is checked per column."""
+    """Score a folder (metrics.evaluation, as evaluate.py); a metric that could not be computed is
+    checked per column by the table."""
+    from metrics.evaluation import EvalConfig, evaluate as evaluate_folder
     extra = (["--gt", gt] if gt else []) + (["--fid-ref", fid_ref] if fid_ref else [])
     extra += ["--arcface", args.arcface] if args.arcface else []
-    call("scripts/evaluate.py", "--restored", restored, "--out", out, "--metrics", metrics,
-         "--device", args.device, "--fid-backbone", args.fid_backbone, "--overwrite", *extra, allowed=(0, 1))
-    return json.loads((out / "summary.json").read_text())
+    show("scripts/evaluate.py", "--restored", restored, "--out", out, "--metrics", metrics,
+         "--device", args.device, "--fid-backbone", args.fid_backbone, "--overwrite", *extra)
+    cfg = EvalConfig(restored=restored, out=out, gt=gt, metrics=[m.strip() for m in metrics.split(",") if m.strip()],
+                     fid_ref=Path(fid_ref) if fid_ref else None, device=args.device, arcface=args.arcface,
+                     fid_backbone=args.fid_backbone, overwrite=True)
+    try:
+        result = evaluate_folder(cfg, log=log)
+    except ValueError as err:
+        raise StepFailed(f"evaluating {restored}: {err}") from None
+    for name, value in result.summary.items():
+        print(f"{name:12s} {value['mean']:.6f}  (n={value['n']}, {value['weights']})")
+    return result.summary
 
 
-def synth(args, out: Path) -> Path:
-    test_set = out / "testset"
-    if not (test_set / "lq").is_dir():
-        extra = ["--max-images", args.max_images] if args.max_images else []
-        call("scripts/make_test_set.py", "-i", args.hq, "-o", test_set, "--size", args.size, *extra,
-             allowed=(0, 1) if args.allow_missing else (0,))
-    return test_set
+def testset(args, inpainting: bool = False) -> Path:
+    """The CelebA-Test set (or the inpainting set) under `--out/testset`, kept when it exists."""
+    from datapipe import testsets
+    folder = args.out / "testset"
+    if (folder / "lq").is_dir():
+        return folder
+    try:
+        if inpainting:
+            show("scripts/make_inpainting_test_set.py", "--hq-dir", args.hq, "--out-dir", folder, "--size", 256,
+                 *(["--num-images", args.max_images] if args.max_images else []))
+            paths = testsets.select_inpainting_images(args.hq, args.max_images or 2000, log=log)
+            errors = testsets.make_inpainting_test(paths, folder, 256)[1]  # each reported as it is skipped
+        else:
+            show("scripts/make_test_set.py", "-i", args.hq, "-o", folder, "--size", args.size,
+                 *(["--max-images", args.max_images] if args.max_images else []))
+            errors = testsets.make_celeba_test(testsets.celeba_test_sources(args.hq, args.max_images, log), folder,
+                                               args.size)
+            for err in errors:
+                log(f"skipped: {err}")
+    except ValueError as err:
+        raise StepFailed(f"making the test set: {err}") from None
+    if errors and not args.allow_missing:
+        raise StepFailed(f"making the test set: {len(errors)} image(s) could not be read (--allow-missing goes "
+                         "on without them)")
+    return folder
 
 
 def paper_order(metrics: str) -> list[str]:
@@ -150,9 +228,9 @@ class Table:
 
 def celeba_test(args) -> Table:
     """Table: CelebA-Test (synthetic, paired) -- make the test set, restore, score."""
-    test_set = synth(args, args.out)
-    config = restore(args, test_set / "lq", args.out / "restored")
-    summary = evaluate(args, args.out / "restored", args.out / "scores", test_set / "hq", args.metrics)
+    folder = testset(args)
+    config = restore(args, folder / "lq", args.out / "restored")
+    summary = evaluate(args, args.out / "restored", args.out / "scores", folder / "hq", args.metrics)
     table = Table("CelebA-Test", ["method"], paper_order(args.metrics))
     table.add(["DifFace"], summary, config)
     return table
@@ -177,36 +255,36 @@ def first_images(folder: Path, n: int | None, stage: Path) -> Path:
 def realworld(args) -> Table:
     """Table: FID on real-world sets (no ground truth) against a reference folder or stats."""
     table = Table("Real-world sets", ["set"], ["fid"])
-    for spec in args.set:
-        name, folder = spec.split("=", 1)
+    for name, folder in args.set:
         out = args.out / name
-        lq = first_images(Path(folder), args.max_images, out / "input")
+        lq = first_images(folder, args.max_images, out / "input")
         config = restore(args, lq, out / "restored")
         summary = evaluate(args, out / "restored", out / "scores", None, "fid", fid_ref=args.fid_ref)
         table.add([name], summary, config)
     return table
 
 
-def ablation(args, option: str, label: str) -> Table:
-    """Table: a sweep of one sampling option (start step N or eta) on CelebA-Test."""
-    test_set = synth(args, args.out)
+def ablation(args, key: str, label: str) -> Table:
+    """Table: a sweep of one sampling setting (start step N or eta) on CelebA-Test, every value
+    restored by the same networks."""
+    restorer = the_restorer(args)
+    for _, value in args.values:  # a value the method refuses is a usage error, found before any work
+        restorer.sampling(**{key: value})
+    folder = testset(args)
     table = Table(f"Ablation of {label}", [label], paper_order(args.metrics))
-    for value in args.values.split(","):
-        out = args.out / f"{label}_{value}"
-        config = restore(args, test_set / "lq", out / "restored", option, value)
-        summary = evaluate(args, out / "restored", out / "scores", test_set / "hq", args.metrics)
-        table.add([value], summary, config)
+    for text, value in args.values:
+        out = args.out / f"{label}_{text}"
+        config = restore(args, folder / "lq", out / "restored", {key: value})
+        summary = evaluate(args, out / "restored", out / "scores", folder / "hq", args.metrics)
+        table.add([text], summary, config)
     return table
 
 
 def inpainting(args) -> Table:
     """Table: face inpainting (box / irregular / expand / half masks) -- LPIPS and FID."""
-    test_set = args.out / "testset"
-    if not (test_set / "lq").is_dir():
-        extra = ["--num-images", args.max_images] if args.max_images else []
-        call("scripts/make_inpainting_test_set.py", "--hq-dir", args.hq, "--out-dir", test_set, "--size", 256, *extra)
-    config = restore(args, test_set / "lq", args.out / "restored", "--task", "inpainting", "--mask", test_set / "mask")
-    summary = evaluate(args, args.out / "restored", args.out / "scores", test_set / "hq", "lpips,fid")
+    folder = testset(args, inpainting=True)
+    config = restore(args, folder / "lq", args.out / "restored", mask_dir=folder / "mask")
+    summary = evaluate(args, args.out / "restored", args.out / "scores", folder / "hq", "lpips,fid")
     table = Table("Face inpainting", ["method"], ["lpips", "fid"])
     table.add(["DifFace"], summary, config)
     return table
@@ -259,7 +337,27 @@ def curves(args) -> None:
 
 # --------------------------------------------------------------------------------------------
 
+def value_list(kind):
+    """argparse type: comma-separated values of `kind`, kept as (text, value) pairs."""
+    def parse(text: str) -> list[tuple[str, object]]:
+        try:
+            return [(v.strip(), kind(v)) for v in text.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__} values, "
+                                             f"got {text!r}") from None
+    return parse
+
+
+def named_folder(text: str) -> tuple[str, Path]:
+    """argparse type of --set: NAME=DIR."""
+    name, sep, folder = text.partition("=")
+    if not (sep and name and folder):
+        raise argparse.ArgumentTypeError(f"expected NAME=DIR, got {text!r}")
+    return name, Path(folder)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
+    from difface.cli_help import at_least
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -268,8 +366,8 @@ def parse_args(argv=None) -> argparse.Namespace:
             q.add_argument("--hq", type=Path, required=True, help="folder of HQ faces (e.g. CelebA-HQ)")
         q.add_argument("--out", type=Path, required=True, help="results folder")
         q.add_argument("--cfg", default=cfg, help="inference preset or YAML (default: %(default)s)")
-        q.add_argument("--max-images", type=int, default=None, help="quick run on the first N images")
-        q.add_argument("--size", type=int, default=512, help="test image size")
+        q.add_argument("--max-images", type=at_least(1), default=None, help="quick run on the first N images")
+        q.add_argument("--size", type=at_least(32), default=512, help="test image size (default: %(default)s)")
         q.add_argument("--metrics", default=RESTORATION_METRICS,
                        help="metrics of evaluate.py; the table puts them in the paper's order (default: %(default)s)")
         q.add_argument("--arcface", type=Path, default=None, help="ArcFace weights resnet18_110.pth (for IDS, 'id')")
@@ -277,26 +375,36 @@ def parse_args(argv=None) -> argparse.Namespace:
                        help="FID network weights (default: %(default)s, see evaluate.py)")
         q.add_argument("--allow-missing", action="store_true",
                        help="write the table with n/a where a column could not be computed and exit 0; "
-                            "also accept steps that failed on some images")
-        q.add_argument("--device", default="auto")
-        q.add_argument("--dtype", default="fp32")
-        q.add_argument("--batch-size", type=int, default=4)
+                            "also go on without images that a step could not read or restore")
+        q.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: %(default)s)")
+        q.add_argument("--dtype", default="fp32", help="network precision fp32, fp16 or bf16 (default: %(default)s)")
+        q.add_argument("--batch-size", type=at_least(1), default=4,
+                       help="faces restored together (default: %(default)s)")
         q.add_argument("overrides", nargs="*", metavar="key=value", help="inference config overrides")
 
     common(sub.add_parser("celeba-test", help="CelebA-Test table"))
     q = sub.add_parser("realworld", help="FID on real-world sets (LFW-Test, WebPhoto-Test, WIDER-Test)")
     common(q, hq=False)
-    q.add_argument("--set", action="append", required=True, metavar="NAME=DIR", help="a real-world set")
+    q.add_argument("--set", action="append", required=True, type=named_folder, metavar="NAME=DIR",
+                   help="a real-world set of aligned faces (repeat for several)")
     q.add_argument("--fid-ref", required=True, help="reference folder or .npz stats (e.g. FFHQ)")
-    for name, default in (("ablation-n", "0,100,200,300,400,500,600"), ("ablation-eta", "0,0.25,0.5,0.75,1.0")):
-        q = sub.add_parser(name, help=f"sweep of {'the start step N' if name == 'ablation-n' else 'eta'}")
-        common(q)
-        q.add_argument("--values", default=default)
+    for name, what, default, kind in (
+            ("ablation-n", "start steps N (0 = the estimator alone)", "0,100,200,300,400,500,600", int),
+            ("ablation-eta", "eta values", "0,0.25,0.5,0.75,1.0", float)):
+        common(q := sub.add_parser(name, help=f"sweep of {'the start step N' if kind is int else 'eta'}"))
+        q.add_argument("--values", type=value_list(kind), default=default,
+                       help=f"comma-separated {what} (default: %(default)s)")
     common(sub.add_parser("inpainting", help="inpainting table (LPIPS / FID)"), cfg="inpaint_ffhq256")
     q = sub.add_parser("curves", help="kappa_N / alpha_N curves (Fig. 4)")
     q.add_argument("--out", type=Path, required=True)
     q.add_argument("--data-std", type=float, default=0.5, help="per-pixel std of faces in [-1, 1] units")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    stray = [o for o in getattr(args, "overrides", []) if "=" not in o]
+    if stray:
+        p.error(f"unexpected argument(s) {' '.join(stray[:3])}: config overrides are key=value")
+    args.task = "inpainting" if args.command == "inpainting" else None
+    args.restorer = None
+    return args
 
 
 def main(argv=None) -> int:
@@ -317,22 +425,27 @@ def main(argv=None) -> int:
         print("error: the IDS column ('id') needs --arcface resnet18_110.pth (or drop 'id' from --metrics, "
               "or pass --allow-missing)", file=sys.stderr)
         return 2
-    if args.device == "auto":
-        from models.runtime import pick_device
-        args.device = str(pick_device("auto"))
-    args.out.mkdir(parents=True, exist_ok=True)
+    from difface import ConfigError, DeviceError
+    from models.checkpoint import WeightsError
     run = {"celeba-test": celeba_test, "realworld": realworld, "inpainting": inpainting,
-           "ablation-n": lambda a: ablation(a, "--start-step", "N"),
-           "ablation-eta": lambda a: ablation(a, "--eta", "eta")}[args.command]
+           "ablation-n": lambda a: ablation(a, "start_step", "N"),
+           "ablation-eta": lambda a: ablation(a, "eta", "eta")}[args.command]
     try:
+        if args.device == "auto":
+            from models.runtime import pick_device
+            args.device = str(pick_device("auto"))
+        args.out.mkdir(parents=True, exist_ok=True)
         table = run(args)
-    except StepFailed as err:
+    except (ConfigError, DeviceError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except (StepFailed, WeightsError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     table.write(args.out)
     if table.missing:
         print(f"{'warning' if args.allow_missing else 'error'}: not computed: {', '.join(table.missing)} "
-              f"(n/a in {args.out / 'table.md'}; see the evaluate.py output above)", file=sys.stderr)
+              f"(n/a in {args.out / 'table.md'}; see the evaluation output above)", file=sys.stderr)
         return 0 if args.allow_missing else 1
     return 0
 
