@@ -1,6 +1,6 @@
 """Prepare UTKFace (aligned & cropped, 200x200 JPEG) as a small training set.
 
-    python scripts/prepare_utkface.py -i /work/shared/data/utkface/utkface_aligned_200.tar \\
+    python scripts/prepare_utkface.py -i UTKFACE/utkface_aligned_200.tar \\
         -o data/utkface128 --size 128 [--num-val 500] [--workers 4]
 
 The input is the tar (images under ``utkface_aligned_200/``) or a folder. Images are resized
