@@ -28,6 +28,7 @@ RUNTIME = [
     "safetensors>=0.4",
     "dlib-bin>=19.24",
     "face-recognition-models>=0.3.0",
+    "av>=14",
 ]
 EXTRAS = {
     "train": ["tensorboard>=2.12"],

@@ -28,6 +28,7 @@ from pathlib import Path
 from datapipe.limits import MAX_DOWNSCALE
 
 from .cli_help import HelpFormatter, at_least, positive, preset_table
+from .cli_video import add_video_arguments, check_video_args, is_video_job, plan_inputs, run_videos
 
 DEFAULT_CFG = "difface_ffhq512"  # the paper's model; the bundled demonstration: --cfg demo
 INPAINT_CFG = "inpaint_ffhq256"
@@ -41,7 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description="Blind face restoration with DifFace (diffused error contraction).",
         formatter_class=HelpFormatter, epilog=preset_table())
-    p.add_argument("-i", "--input", required=True, help="an image file or a folder of images")
+    p.add_argument("-i", "--input", required=True, help="an image or video file, or a folder of them")
     p.add_argument("-o", "--output", required=True, help="output folder (created if needed)")
     p.add_argument("--aligned", action="store_true",
                    help="inputs are aligned face crops in the FFHQ convention (eyes and mouth where FFHQ's "
@@ -117,7 +118,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     o.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     o.add_argument("--dry-run", action="store_true",
                    help="print the resolved config and the planned files; run nothing")
+    add_video_arguments(p)
     args = p.parse_args(argv)
+    check_video_args(p, args)
     stray = [o for o in args.overrides if "=" not in o]
     if stray:
         shown = " ".join(stray[:3]) + (f" (and {len(stray) - 3} more)" if len(stray) > 3 else "")
@@ -323,11 +326,14 @@ def run(cfg, jobs, args) -> dict:
             todo.append(job)
     if skipped := len(jobs) - len(todo):
         log(f"skipped {skipped} input(s) whose outputs exist (--overwrite replaces them)")
-    with tqdm(total=len(todo), desc="faces" if args.aligned else "photos", file=sys.stderr) as bar:
+    videos = [job for job in todo if is_video_job(job)]
+    photos = [job for job in todo if job not in videos]
+    with tqdm(total=len(photos), desc="faces" if args.aligned else "photos", file=sys.stderr, disable=not photos) as bar:
         if args.aligned:
             run_aligned(restorer, todo, bar, args)
         else:
-            run_photos(restorer, todo, bar, args)
+            run_photos(restorer, photos, bar, args)
+    run_videos(restorer, videos, args)
     return summarise(jobs)
 
 
@@ -379,8 +385,9 @@ def main(argv=None) -> int:
         src, out = Path(args.input).expanduser(), Path(args.output).expanduser()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            jobs = plan_jobs(src, out, args.recursive, cfg.num_samples, args.save_estimate,
-                             subdir="" if args.aligned else "restored_image", ext=args.ext, save_cmp=args.save_cmp)
+            jobs = plan_inputs(src, out, args, lambda: plan_jobs(
+                src, out, args.recursive, cfg.num_samples, args.save_estimate,
+                subdir="" if args.aligned else "restored_image", ext=args.ext, save_cmp=args.save_cmp))
         for w in caught:
             print(f"warning: {w.message}", file=sys.stderr)
         if not args.dry_run:

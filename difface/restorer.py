@@ -422,6 +422,17 @@ class Restorer:
                                   faces=faces, photo=photo, info={**p.info, **manifest}))
         return results
 
+    def restore_video(self, path, out_path, **options):
+        """Restore every face of every frame of a video file into the MP4 `out_path` (audio kept) and
+        return a `difface.video.VideoResult`; the options are `difface.video.restore_video`'s."""
+        from datapipe.video import VideoError
+
+        from .video import restore_video
+        try:
+            return restore_video(self, path, out_path, **options)
+        except VideoError as e:
+            raise InputError(str(e)) from None
+
 
 @dataclass
 class PhotoInput:
