@@ -154,3 +154,60 @@ def test_a_folder_plans_videos_beside_images(clips, tiny_cfg, tmp_path, capsys):
                  "walk.mp4 -> " + str(tmp_path / "out" / "walk_mp4.mp4")):
         assert line in planned
     assert cli.main(["-i", str(folder / "walk.mp4"), "-o", str(tmp_path / "o"), "--aligned", "--dry-run"]) == 2
+
+
+# ------------------------------------------------------------------ temporal consistency
+
+def _face(x: float, y: float = 50.0, side: float = 40.0, jitter=None) -> Face:
+    """A face whose box starts at (x, y); five landmarks inside it (plus `jitter`, (5, 2))."""
+    lm = np.array([[0.3, 0.4], [0.7, 0.4], [0.5, 0.6], [0.35, 0.8], [0.65, 0.8]]) * side + [x, y]
+    lm = lm + (0 if jitter is None else jitter)
+    return Face(np.array([x, y, x + side, y + side], np.float32), lm.astype(np.float32), 1.0)
+
+
+def test_tracker_follows_moving_faces_and_starts_new_tracks():
+    tracker = FaceTracker()
+    assert tracker.update([_face(10), _face(100)]) == [0, 1]
+    assert tracker.update([_face(104), _face(13)]) == [1, 0]  # order of detection does not matter
+    assert tracker.update([_face(16), _face(200)]) == [0, 2]  # a face far from every track starts one
+    for _ in range(6):  # track 1 unseen for more than max_gap frames ends
+        tracker.update([])
+    assert tracker.update([_face(104)]) == [3]
+
+
+def test_smoothing_keeps_steady_motion_and_averages_jitter():
+    rng = np.random.default_rng(0)
+    smoother = TrackSmoother(radius=3)
+    jitter = rng.normal(0, 1.5, (20, 5, 2))
+    for t in range(20):
+        smoother.add(t, [0], [_face(10 + 2 * t, jitter=jitter[t])])
+    exact = TrackSmoother(radius=3)
+    for t in range(20):
+        exact.add(t, [0], [_face(10 + 2 * t)])
+    truth = [_face(10 + 2 * t).landmarks5 for t in range(20)]
+    for t in range(20):  # steady motion (no jitter) comes back exactly, ends included
+        assert np.allclose(exact.smoothed(t, 0)[0], truth[t], atol=1e-4)
+    raw = np.mean([np.abs(jitter[t]).mean() for t in range(3, 17)])
+    smooth = np.mean([np.abs(smoother.smoothed(t, 0)[0] - truth[t]).mean() for t in range(3, 17)])
+    assert smooth < 0.5 * raw  # a 7-frame mean: about 1 / sqrt(7) of the jitter
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_cfg):
+    return difface.Restorer(str(tiny_cfg), device="cpu")
+
+
+def test_a_still_face_is_restored_identically_in_every_frame(tiny):
+    frames = face_frames(4, step=0)
+    video = [f.image for f in restore_frames(tiny, frames, "still.mp4", allow_downscale=True)]
+    assert all(np.array_equal(video[0], v) for v in video[1:])
+    apart = [f.image for f in restore_frames(tiny, frames, "still.mp4", allow_downscale=True, temporal=False)]
+    assert not np.array_equal(apart[0], apart[1])  # frames on their own draw other noise
+
+
+def test_frames_do_not_depend_on_the_batch_size(tiny, tiny_cfg):
+    frames = face_frames(4, step=3)
+    wide = difface.Restorer(str(tiny_cfg), device="cpu", overrides=["batch_size=3"])
+    one = [f.image for f in restore_frames(tiny, frames, "walk.mp4", allow_downscale=True)]
+    three = [f.image for f in restore_frames(wide, frames, "walk.mp4", allow_downscale=True)]
+    assert all(np.array_equal(a, b) for a, b in zip(one, three))
