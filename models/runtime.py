@@ -14,6 +14,9 @@ import torch
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 TRAIN_DEVICES = ("auto", "cpu", "cuda")  # the trainer (DDP, AMP) does not run on MPS
+# torch.compile of the UNet in channels_last fails inside GroupNorm on torch 2.9 ("Expected
+# X.is_contiguous(memory_format)"); it works on 2.14. Older versions compile the contiguous layout.
+COMPILE_CHANNELS_LAST_FROM = "2.14"
 
 
 class DeviceError(ValueError):
@@ -84,11 +87,12 @@ def prepare_network(net: torch.nn.Module, device: torch.device, channels_last: b
     """`net` (frozen, eval mode) laid out for fast inference on `device`; returns what to call.
 
     channels_last: weights in NHWC order, so convolutions (oneDNN on CPU, cuDNN on GPU) and
-    nearest upsampling run in their fast layout; 4-D inputs need no conversion.
+    nearest upsampling run in their fast layout; 4-D inputs need no conversion (with `compile`,
+    from torch 2.14 only: see COMPILE_CHANNELS_LAST_FROM).
     compile: `torch.compile`; on CUDA with CUDA graphs (`mode="reduce-overhead"`). The first
     calls at a new input shape compile (minutes on a CPU): worth it for long runs only.
     """
-    if channels_last:
+    if channels_last and not (compile and torch.__version__ < COMPILE_CHANNELS_LAST_FROM):
         net = net.to(memory_format=torch.channels_last)
     if not compile:
         return net
