@@ -8,7 +8,10 @@ Rules:
 * a file that is not a video, has no video stream or holds no decodable frame raises
   :class:`VideoError`, whose message names the file and the reason;
 * a stream that breaks off (a truncated or damaged file) ends at the last frame decoded, with a
-  warning naming the file and the frame count;
+  warning naming the file and the frame count; so does one that ends more than a frame before
+  the length its header announces;
+* a frame whose size differs from the first frame's (a stream that changes resolution) is
+  resized to the first frame's size;
 * the output (:class:`VideoWriter`) is H.264 (libx264; MPEG-4 part 2 where the FFmpeg build lacks
   it) in yuv420p with even sides (an odd side gets one more row or column, a copy of the last), at
   the input's timestamps, so the frame count and the frame rate (also a variable one) are kept;
@@ -26,6 +29,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Iterator
 
+import cv2
 import numpy as np
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".avi", ".webm")
@@ -96,7 +100,8 @@ def _open(path: Path):
     try:
         container = av.open(str(path), "r")
     except av.FFmpegError as e:
-        raise VideoError(f"cannot read video '{path}': not a video file FFmpeg can read ({_reason(e)})") from None
+        raise VideoError(f"cannot read video '{path}': FFmpeg cannot open it ({_reason(e)}): not a video, or a "
+                         f"truncated or damaged one") from None
     if not container.streams.video:
         container.close()
         raise VideoError(f"cannot read video '{path}': it holds no video stream")
@@ -116,9 +121,11 @@ def probe_video(path) -> VideoInfo:
         try:
             first = next(container.decode(stream), None)
         except _av().FFmpegError as e:
-            raise VideoError(f"cannot read video '{path}': its first frame does not decode ({_reason(e)})") from None
+            raise VideoError(f"cannot read video '{path}': its first frame does not decode ({_reason(e)}; "
+                             f"a truncated or damaged file?)") from None
         if first is None:
-            raise VideoError(f"cannot read video '{path}': it holds no decodable frame")
+            raise VideoError(f"cannot read video '{path}': it holds no frame that decodes (a truncated or damaged "
+                             f"file?)")
         rotation = _rotation(first)
         w, h = (first.height, first.width) if rotation % 180 else (first.width, first.height)
         return VideoInfo(path, w, h, Fraction(rate), int(stream.frames or 0), duration, stream.codec_context.name,
@@ -144,7 +151,8 @@ def read_frames(path, start: float = 0.0, end: float | None = None,
     A stream that breaks off ends there with a warning; a range without frames raises VideoError.
     """
     av, path = _av(), Path(path)
-    count = 0
+    count, broke, shape, time = 0, False, None, 0.0
+    info = probe_video(path)
     with _open(path) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
@@ -162,13 +170,22 @@ def read_frames(path, start: float = 0.0, end: float | None = None,
                 image = frame.to_ndarray(format="rgb24")
                 if turns := _rotation(frame) // 90:
                     image = np.ascontiguousarray(np.rot90(image, turns))
+                shape = shape or image.shape
+                if image.shape != shape:
+                    image = cv2.resize(image, (shape[1], shape[0]), interpolation=cv2.INTER_AREA)
                 yield DecodedFrame(count, time, image)
                 count += 1
         except av.FFmpegError as e:
             if not count:
-                raise VideoError(f"cannot read video '{path}': no frame decodes ({_reason(e)})") from None
+                raise VideoError(f"cannot read video '{path}': no frame decodes ({_reason(e)}; a truncated or "
+                                 f"damaged file?)") from None
             warnings.warn(f"{path}: the video stream breaks off after {count} frame(s) (truncated or damaged "
                           f"file: {_reason(e)}); the frames decoded are restored")
+            broke = True
+    cut = end is not None or (max_frames is not None and count >= max_frames)
+    if count and not (broke or cut) and info.duration and time + 1.5 / float(info.rate) < info.duration:
+        warnings.warn(f"{path}: the video stream ends at {time:.2f} s, before the {info.duration:.2f} s its header "
+                      f"announces (a truncated or damaged file?); the {count} frame(s) decoded are restored")
     if not count:
         where = f" between {start:g} s and {end:g} s" if end is not None else f" from {start:g} s" if start else ""
         raise VideoError(f"cannot read video '{path}': no frame{where}")
@@ -199,7 +216,7 @@ class VideoWriter:
         av = _av()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._container = av.open(str(self.tmp), "w", format="mp4")
+            self._container = av.open(str(self.tmp), "w", format="mp4", options={"movflags": "+faststart"})
         except (av.FFmpegError, OSError) as e:
             raise VideoError(f"cannot write video '{self.path}': {_reason(e)}") from None
         return self
@@ -226,6 +243,12 @@ class VideoWriter:
     def write(self, image: np.ndarray, time: float) -> None:
         """Add one frame (HxWx3 uint8 RGB) shown at `time` seconds after the start of the range."""
         av = _av()
+        try:
+            self._write(av, image, time)
+        except (av.FFmpegError, OSError) as e:
+            raise VideoError(f"cannot write video '{self.path}': {_reason(e)}") from None
+
+    def _write(self, av, image: np.ndarray, time: float) -> None:
         if self._video is None:
             self._open_video(image.shape[1], image.shape[0])
         h, w = self._video.height, self._video.width

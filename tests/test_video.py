@@ -38,8 +38,9 @@ def face_frames(count: int, size=(112, 96), face_side: int = 64, step: int = 2, 
 
 
 def write_clip(path: Path, frames: list, audio: str | None = "aac", codec: str = "libx264",
-               rotation: int | None = None) -> Path:
-    """Encode RGB frames at RATE fps, with a 440 Hz sine as long as the video in codec `audio`."""
+               rotation: int | None = None, pts: list | None = None) -> Path:
+    """Encode RGB frames at RATE fps (or at `pts` in 1/RATE s), with a 440 Hz sine as long as the video
+    in codec `audio`; `rotation`: the display matrix's counter-clockwise degrees."""
     with av.open(str(path), "w") as c:
         v = c.add_stream(codec, rate=RATE)
         v.height, v.width = frames[0].shape[:2]
@@ -49,13 +50,13 @@ def write_clip(path: Path, frames: list, audio: str | None = "aac", codec: str =
         a = c.add_stream(audio, rate=AUDIO_RATE, layout="mono") if audio else None
         for i, image in enumerate(frames):
             frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-            frame.pts = i
+            frame.pts = i if pts is None else pts[i]
             for p in v.encode(frame):
                 c.mux(p)
         for p in v.encode():
             c.mux(p)
         if a is not None:
-            n = AUDIO_RATE * len(frames) // RATE
+            n = AUDIO_RATE * (len(frames) if pts is None else pts[-1] + 1) // RATE
             sine = 0.3 * np.sin(2 * np.pi * 440 * np.arange(n) / AUDIO_RATE)
             fmt = a.codec_context.format.name
             for k in range(0, n, 1024):
@@ -76,8 +77,11 @@ def decode(path: Path) -> tuple[list, dict]:
     with av.open(str(path)) as c:
         v = c.streams.video[0]
         facts = {"rate": v.average_rate, "codec": v.codec_context.name,
-                 "audio": [(s.codec_context.name, float(s.duration * s.time_base)) for s in c.streams.audio]}
-        frames = [f.to_ndarray(format="rgb24") for f in c.decode(v)]
+                 "audio": [(s.codec_context.name, s.duration and float(s.duration * s.time_base))
+                           for s in c.streams.audio]}
+        decoded = list(c.decode(v))
+        facts["times"] = [float(f.time) for f in decoded]
+        frames = [f.to_ndarray(format="rgb24") for f in decoded]
     return frames, facts
 
 
@@ -211,3 +215,97 @@ def test_frames_do_not_depend_on_the_batch_size(tiny, tiny_cfg):
     one = [f.image for f in restore_frames(tiny, frames, "walk.mp4", allow_downscale=True)]
     three = [f.image for f in restore_frames(wide, frames, "walk.mp4", allow_downscale=True)]
     assert all(np.array_equal(a, b) for a, b in zip(one, three))
+
+
+# ------------------------------------------------------------------ awkward inputs
+
+@pytest.fixture(scope="module")
+def awkward(tmp_path_factory, tiny_cfg) -> tuple[Path, Path, int]:
+    """A folder of awkward videos beside a good one, restored in one run: (inputs, outputs, exit code)."""
+    folder = tmp_path_factory.mktemp("awkward")
+    (folder / "fake.mp4").write_text("this is not a video\n")
+    mkv = write_clip(folder / "full.mkv", face_frames(6)).read_bytes()
+    (folder / "cut.mkv").write_bytes(mkv[:len(mkv) // 2])
+    (folder / "full.mkv").unlink()
+    camera = write_clip(folder / "camera.mp4", face_frames(4)).read_bytes()  # index at the end, as cameras write
+    (folder / "camera.mp4").write_bytes(camera[:len(camera) * 2 // 3])
+    write_clip(folder / "empty.avi", face_frames(3, face=False), audio="pcm_u8", codec="mpeg4")
+    write_clip(folder / "silent.mp4", face_frames(3), audio=None)
+    portrait = face_frames(3, size=(128, 96))
+    write_clip(folder / "phone.mov", [np.ascontiguousarray(np.rot90(f, -1)) for f in portrait], rotation=90)
+    write_clip(folder / "vfr.mkv", face_frames(4), audio="pcm_s16le", pts=[0, 1, 3, 6])
+    out = tmp_path_factory.mktemp("awkward_out")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DIFFACE_WEIGHTS_URL_BASE", "http://127.0.0.1:9")
+        code = cli.main(["-i", str(folder), "-o", str(out), "--cfg", str(tiny_cfg), "--allow-downscale", "--device",
+                         "cpu"])
+    return folder, out, code
+
+
+def test_files_that_are_no_videos_fail_alone_with_one_line(awkward, capsys):
+    folder, out, code = awkward
+    records = manifest(out)
+    assert code == 1  # something failed, the rest was done
+    assert records["fake.mp4"]["status"] == "failed" and "cannot read video" in records["fake.mp4"]["error"]
+    assert "not a video" in records["fake.mp4"]["error"] and "\n" not in records["fake.mp4"]["error"]
+    assert records["camera.mp4"]["status"] == "failed" and "truncated" in records["camera.mp4"]["error"]
+    assert not (out / "fake.mp4").exists() and not (out / "camera.mp4").exists()
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporary file left
+
+
+def test_a_truncated_clip_gives_the_frames_it_holds(awkward):
+    folder, out, _ = awkward
+    record = manifest(out)["cut.mkv"]
+    frames, _ = decode(out / "cut.mp4")
+    assert record["status"] == "done" and 0 < record["frames"] < 6 and len(frames) == record["frames"]
+
+
+def test_a_video_without_faces_is_upscaled_and_odd_audio_reencoded(awkward):
+    folder, out, _ = awkward
+    record = manifest(out)["empty.avi"]
+    frames, facts = decode(out / "empty.mp4")
+    source, _ = decode(folder / "empty.avi")
+    assert record["status"] == "no face" and record["faces_per_frame"] == [0, 0, 0]
+    assert len(frames) == 3 and frames[0].shape == (224, 192, 3)
+    up = cv2.resize(source[1], (192, 224), interpolation=cv2.INTER_LANCZOS4)
+    assert np.abs(frames[1].astype(int) - up).mean() < 3  # the frame itself, upscaled (and encoded)
+    assert record["audio"] == "re-encoded to aac" and facts["audio"][0][0] == "aac"
+    assert facts["audio"][0][1] == pytest.approx(3 / RATE, abs=0.07)
+
+
+def test_a_clip_without_audio_gives_a_video_without_audio(awkward):
+    folder, out, _ = awkward
+    frames, facts = decode(out / "silent.mp4")
+    assert len(frames) == 3 and facts["audio"] == [] and manifest(out)["silent.mp4"]["audio"] is None
+    assert manifest(out)["silent.mp4"]["faces_per_frame"] == [1, 1, 1]
+
+
+def test_a_rotated_phone_clip_is_restored_upright(awkward):
+    folder, out, _ = awkward
+    assert probe_video(folder / "phone.mov").rotation == 90
+    frames, _ = decode(out / "phone.mp4")
+    record = manifest(out)["phone.mov"]
+    assert frames[0].shape == (256, 192, 3) and record["size"] == [96, 128]  # portrait, as displayed
+    assert record["faces_per_frame"] == [1, 1, 1]  # found only in the upright frames
+
+
+def test_variable_frame_timing_is_kept(awkward):
+    folder, out, _ = awkward
+    frames, facts = decode(out / "vfr.mp4")
+    assert facts["times"] == pytest.approx([0, 1 / RATE, 3 / RATE, 6 / RATE], abs=1e-3)
+    assert manifest(out)["vfr.mkv"]["audio"] == "copied" and facts["audio"][0][0] == "pcm_s16le"
+
+
+def test_a_stopped_or_refused_video_leaves_no_file(tiny, tiny_cfg, clips, tmp_path):
+    def stop(done, total):
+        if done == 2:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        tiny.restore_video(clips / "walk.mp4", tmp_path / "walk.mp4", progress=stop, allow_downscale=True)
+    assert list(tmp_path.iterdir()) == []
+    small = difface.Restorer(str(tiny_cfg), device="cpu", max_output_pixels=20_000)
+    with pytest.raises(difface.InputError, match="above the output limit"):
+        small.restore_video(clips / "walk.mp4", tmp_path / "walk.mp4")
+    with pytest.raises(VideoError, match="no frame between"):
+        list(read_frames(clips / "walk.mp4", start=5.0, end=6.0))
+    assert list(tmp_path.iterdir()) == []
