@@ -124,6 +124,12 @@ def validate(cfg: InferenceConfig) -> None:
         (cfg.sampling.sampler != "dpmpp_2m_sde" or cfg.sampling.eta <= 1, "sampling.eta", "<= 1 with dpmpp_2m_sde"),
         (cfg.low_precision_from_step is None or cfg.low_precision_from_step >= 0, "low_precision_from_step",
          "None or >= 0"),
+        (cfg.sampling.cache_depth is None or cfg.prior.name == "unet", "sampling.cache_depth",
+         f"None: deep-feature caching needs a UNet prior, not {cfg.prior.name!r}"),
+        (cfg.sampling.cache_depth is None or 1 <= cfg.sampling.cache_depth <= _levels(cfg.prior),
+         "sampling.cache_depth", f"None (off) or an integer in [1, {_levels(cfg.prior)}] (the prior's levels)"),
+        (cfg.sampling.cache_interval >= 1, "sampling.cache_interval", ">= 1"),
+        (cfg.sampling.cache_last_full >= 0, "sampling.cache_last_full", ">= 0"),
         (cfg.num_samples >= 1, "num_samples", ">= 1"),
         (cfg.batch_size >= 1, "batch_size", ">= 1"),
         (cfg.image_size >= 8, "image_size", ">= 8"),
@@ -140,6 +146,10 @@ def validate(cfg: InferenceConfig) -> None:
     except ValueError as e:
         raise ConfigError(f"invalid sampling settings (start_step={s.start_step}, grid={s.grid!r}, "
                           f"steps={s.steps}): {e}") from None
+    try:
+        sampling_of(cfg).full_evaluations(cfg.diffusion.steps)
+    except ValueError as e:  # the scalar cache settings are checked above: the list of full steps
+        raise ConfigError(f"invalid value for 'sampling.cache_full_steps': {e}") from None
     channels = estimator_channels(cfg.estimator)
     wanted = 4 if cfg.task == "inpainting" else 3
     if channels != wanted:
@@ -147,6 +157,11 @@ def validate(cfg: InferenceConfig) -> None:
         other = "e.g. --cfg inpaint_ffhq256" if cfg.task == "inpainting" else "e.g. --cfg difface_ffhq512"
         raise ConfigError(f"task '{cfg.task}' does not fit '{cfg.name}': it is {kind}, its {cfg.estimator.name} "
                           f"estimator takes {channels} input channels, {cfg.task} needs {wanted} ({other})")
+
+
+def _levels(spec: NetworkConfig) -> int:
+    """Resolution levels of a UNet prior (entries of channel_mult; UNetModel's default has 4)."""
+    return len(spec.params.get("channel_mult", (1, 2, 4, 8)))
 
 
 def estimator_channels(spec: NetworkConfig) -> int:

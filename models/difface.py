@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .deep_cache import cached_unet
 from .diffusion import DiffusionSchedule, space_timesteps
 from .samplers import SAMPLERS, TAKES_ETA, Generators, NoiseFn, draw_noise
 
@@ -72,7 +73,8 @@ class SamplingConfig:
     official respacing (e.g. 'ddim250') whose points below N are evaluated, unless `steps` K asks
     for K evaluations spread evenly from N to 0. official_start: the first evaluation one grid
     point below N, as the official code does (the DPM-Solvers always start at N). eta: noise scale
-    of ddim and dpmpp_2m_sde. Variants: `dataclasses.replace(sampling, start_step=...)`.
+    of ddim and dpmpp_2m_sde. cache_*: partial UNet evaluations that reuse deep features (off
+    without cache_depth; see `full_evaluations`). Variants: `dataclasses.replace(sampling, ...)`.
     """
 
     start_step: int = 400
@@ -81,12 +83,42 @@ class SamplingConfig:
     official_start: bool = True
     eta: float = 0.5
     sampler: str = "ddim"
+    cache_depth: Optional[int] = None
+    cache_interval: int = 2
+    cache_full_steps: Optional[list[int]] = None
+    cache_last_full: int = 1
 
     def timesteps(self, num_steps: int) -> list[int]:
         """The descending base steps evaluated for a chain noised to `start_step`; the one place
         the start rule of each sampler is applied. Raises ValueError for impossible settings."""
         official = self.official_start and self.sampler not in STARTS_AT_N
         return sampling_timesteps(self.start_step, num_steps, self.grid, self.steps, official)
+
+    def full_evaluations(self, num_steps: int) -> list[bool]:
+        """For each evaluation of `timesteps(num_steps)`: True for a full network evaluation, False
+        for a partial one that reuses the deep features of the last full one (docs/deep_cache.md).
+
+        Without `cache_depth` (the default) every evaluation is full. With it, evaluations 0,
+        k, 2k, ... for k = `cache_interval` are full, or those listed in `cache_full_steps` (indices
+        into the evaluations, 0 first), and the last `cache_last_full` (low-noise) ones always.
+        Raises ValueError naming the field of an impossible setting."""
+        count = len(self.timesteps(num_steps))
+        if self.cache_depth is None:
+            return [True] * count
+        if self.cache_depth < 1:
+            raise ValueError(f"cache_depth must be None (off) or >= 1, got {self.cache_depth}")
+        if self.cache_interval < 1:
+            raise ValueError(f"cache_interval must be >= 1, got {self.cache_interval}")
+        if self.cache_last_full < 0:
+            raise ValueError(f"cache_last_full must be >= 0, got {self.cache_last_full}")
+        if self.cache_full_steps is None:
+            full = set(range(0, count, self.cache_interval))
+        else:
+            full = {int(i) for i in self.cache_full_steps}
+            if count and (0 not in full or not all(0 <= i < count for i in full)):
+                raise ValueError(f"cache_full_steps {list(self.cache_full_steps)} must be indices of the {count} "
+                                 f"evaluations (0 to {count - 1}) and include 0: the first has no cache to reuse")
+        return [k in full or k >= count - self.cache_last_full for k in range(count)]
 
 
 def image_generator(seed: int, name: str, sample: int = 0, device: str | torch.device = "cpu") -> torch.Generator:
@@ -124,6 +156,9 @@ class DifFace:
     in eval mode without gradients. `image_size` S is the prior's training resolution.
     `dtype` is the networks' autocast precision; with `low_precision_from_step` T only the prior's
     evaluations at base steps t >= T run in it, the estimator and the steps below T in fp32.
+    With `sampling.cache_depth` the prior (a UNetModel, or one compiled by torch.compile) runs
+    fully or partially per evaluation as `sampling.full_evaluations` says; each chain (one
+    `restore` call) starts with an empty cache.
     """
 
     def __init__(self, estimator: Callable, prior: Callable, schedule: DiffusionSchedule, image_size: int,
@@ -144,6 +179,8 @@ class DifFace:
         self.start_step, self.eta, self.sampler = sampling.start_step, sampling.eta, sampling.sampler
         self.low_precision_from_step = low_precision_from_step
         self.timesteps = sampling.timesteps(schedule.num_steps)
+        self.full_steps = sampling.full_evaluations(schedule.num_steps)
+        self.cached_prior = cached_unet(prior, sampling.cache_depth) if sampling.cache_depth is not None else None
         self.correct_x0_factory = correct_x0_factory
 
     def _autocast(self, device: torch.device, low: bool = True):
@@ -153,12 +190,35 @@ class DifFace:
             return contextlib.nullcontext()
         return torch.autocast(device_type=device.type, dtype=DTYPES[self.dtype])
 
-    def _prior(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def _low(self, t: torch.Tensor) -> bool:
         # with low_precision_from_step, steps below it run in fp32 (reading t costs a host sync
         # on CUDA, so only then)
-        low = self.low_precision_from_step is None or int(t[0]) >= self.low_precision_from_step
-        with self._autocast(x.device, low):
+        return self.low_precision_from_step is None or int(t[0]) >= self.low_precision_from_step
+
+    def _prior(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with self._autocast(x.device, self._low(t)):
             return self.prior(x, t).float()
+
+    def _chain_prior(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """The model the sampler calls for one chain: the prior, or with deep-feature caching a
+        fresh cache and the k-th call full or partial as `full_steps[k]` says (a sampler makes
+        exactly one call per timestep, in order)."""
+        if self.cached_prior is None:
+            return self._prior
+        net, plan, state = self.cached_prior, self.full_steps, {"calls": 0, "deep": None}
+
+        def prior(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            k = state["calls"]
+            assert k < len(plan), "the sampler made more prior calls than it has timesteps"
+            state["calls"] += 1
+            with self._autocast(x.device, self._low(t)):
+                if plan[k]:
+                    out, state["deep"] = net(x, t)
+                else:
+                    out = net(x, t, state["deep"])
+            return out.float()
+
+        return prior
 
     @torch.inference_mode()
     def estimate(self, y: torch.Tensor) -> torch.Tensor:
@@ -208,8 +268,8 @@ class DifFace:
             if self.correct_x0_factory is not None:
                 correct = self.correct_x0_factory(2 * y_model - 1, mask_model)
             kwargs = {"eta": self.eta} if self.sampler in TAKES_ETA else {}
-            x0 = SAMPLERS[self.sampler](self._prior, x_n, self.timesteps, self.schedule, generator=generator,
-                                        noise_fn=noise_fn, correct_x0=correct, **kwargs)
+            x0 = SAMPLERS[self.sampler](self._chain_prior(), x_n, self.timesteps, self.schedule,
+                                        generator=generator, noise_fn=noise_fn, correct_x0=correct, **kwargs)
             sample = (0.5 * x0 + 0.5).clamp(0.0, 1.0)
         else:  # N = 0: the estimator alone, no noise drawn
             sample = x0_hat

@@ -140,3 +140,161 @@ def test_a_compiled_prior_gives_a_compiled_cached_network(monkeypatch):
         torch.testing.assert_close(out, reference, atol=1e-5, rtol=0)
         torch.testing.assert_close(net(x, t, deep), reference, atol=1e-5, rtol=0)
     assert isinstance(cached_unet(unet, 2), CachedUNet)
+
+
+# --------------------------------------------------------------------------------------------
+# The schedule and the method
+# --------------------------------------------------------------------------------------------
+
+from dataclasses import replace  # noqa: E402
+
+from models.diffusion import DiffusionSchedule  # noqa: E402
+from models.difface import DifFace, SamplingConfig, image_generator  # noqa: E402
+from models.samplers import SAMPLERS  # noqa: E402
+
+SCHEDULE = DiffusionSchedule.from_name("linear", 1000)
+
+
+def test_full_evaluations_of_the_schedule():
+    k15 = SamplingConfig(start_step=400, steps=15, sampler="dpmpp_2m")
+    assert k15.full_evaluations(1000) == [True] * 15  # off by default
+    plan = replace(k15, cache_depth=2, cache_interval=3, cache_last_full=2).full_evaluations(1000)
+    assert [k for k, full in enumerate(plan) if full] == [0, 3, 6, 9, 12, 13, 14]
+    plan = replace(k15, cache_depth=2, cache_full_steps=[0, 1, 5], cache_last_full=0).full_evaluations(1000)
+    assert [k for k, full in enumerate(plan) if full] == [0, 1, 5]
+    assert replace(k15, cache_depth=1, cache_interval=1).full_evaluations(1000) == [True] * 15
+    assert SamplingConfig(cache_depth=1).full_evaluations(1000) == [k % 2 == 0 or k == 99 for k in range(100)]
+    for bad, field in ((dict(cache_depth=0), "cache_depth"), (dict(cache_depth=1, cache_interval=0), "cache_interval"),
+                       (dict(cache_depth=1, cache_last_full=-1), "cache_last_full"),
+                       (dict(cache_depth=1, cache_full_steps=[2, 4]), "include 0"),
+                       (dict(cache_depth=1, cache_full_steps=[0, 15]), "0 to 14")):
+        with pytest.raises(ValueError, match=field):
+            replace(k15, **bad).full_evaluations(1000)
+        with pytest.raises(ValueError, match=field):
+            DifFace(None, _unet(), SCHEDULE, 32, replace(k15, **bad))
+
+
+def _restore(method, y, seed=0):
+    gens = [image_generator(seed, f"face{i}") for i in range(len(y))]
+    return method.restore(y, generator=gens).sample
+
+
+def _faces(n=3):
+    return torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "dpmpp_2m"])
+def test_caching_off_or_only_full_steps_changes_nothing(sampler):
+    unet, y = _unet(), _faces(2)
+    estimator = lambda y: y.flip(-1)  # noqa: E731
+    base = SamplingConfig(start_step=400, steps=6, sampler=sampler)
+    reference = _restore(DifFace(estimator, unet, SCHEDULE, 32, base), y)
+    # the cache settings without a depth are inert
+    inert = replace(base, cache_interval=5, cache_full_steps=[0], cache_last_full=3)
+    assert torch.equal(_restore(DifFace(estimator, unet, SCHEDULE, 32, inert), y), reference)
+    # full evaluations through the wrapper are the network's forward, bit for bit
+    every = replace(base, cache_depth=2, cache_interval=1)
+    assert torch.equal(_restore(DifFace(estimator, unet, SCHEDULE, 32, every), y), reference)
+    # partial steps change the result, a little
+    cached = _restore(DifFace(estimator, unet, SCHEDULE, 32, replace(base, cache_depth=2, cache_interval=2)), y)
+    assert 1e-6 < (cached - reference).abs().max() < 0.05
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "dpmpp_2m"])
+def test_the_method_runs_each_evaluation_full_or_partial_as_planned(sampler):
+    unet = _unet()
+    sampling = SamplingConfig(start_step=400, steps=7, sampler=sampler, cache_depth=1, cache_interval=3,
+                              cache_last_full=2)
+    method = DifFace(lambda y: y, unet, SCHEDULE, 32, sampling)
+    calls, net = [], method.cached_prior
+
+    def spy(x, t, deep=None):
+        calls.append((int(t[0]), deep is None))
+        return net(x, t, deep)
+
+    method.cached_prior = spy
+    for _ in range(2):  # every chain starts anew: the first evaluation of each is full
+        calls.clear()
+        _restore(method, _faces(2))
+        assert [full for _, full in calls] == [True, False, False, True, False, True, True]
+        assert [t for t, _ in calls] == method.timesteps
+
+
+def test_a_batch_gives_each_image_its_own_result():
+    unet, y = _unet(), _faces(3)
+    sampling = SamplingConfig(start_step=400, steps=5, sampler="dpmpp_2m", cache_depth=1, cache_interval=2)
+    method = DifFace(lambda y: y.flip(-1), unet, SCHEDULE, 32, sampling)
+    together = _restore(method, y)
+    for i in range(3):
+        alone = method.restore(y[i:i + 1], generator=[image_generator(0, f"face{i}")]).sample
+        torch.testing.assert_close(together[i:i + 1], alone, atol=1e-5, rtol=0)
+
+
+def test_bf16_steps_and_fp32_steps_share_one_cache():
+    """low_precision_from_step: the noisy steps (full and partial) in bf16, the low-noise ones in
+    fp32 from a cache a bf16 step left; fp32 throughout when the threshold is above every step."""
+    unet, y = _unet(), _faces(1)
+    seen = []
+    sampling = SamplingConfig(start_step=400, steps=5, sampler="dpmpp_2m", cache_depth=2, cache_interval=2,
+                              cache_last_full=0)
+
+    def run(**kw):
+        method = DifFace(lambda y: y, unet, SCHEDULE, 32, sampling, **kw)
+        net = method.cached_prior
+
+        def spy(x, t, deep=None):
+            seen.append((int(t[0]), deep is None, torch.is_autocast_enabled("cpu")))
+            return net(x, t, deep)
+
+        method.cached_prior = spy
+        return _restore(method, y)
+
+    mixed = run(dtype="bf16", low_precision_from_step=200)
+    assert seen == [(400, True, True), (300, False, True), (200, True, True), (100, False, False), (0, True, False)]
+    fp32 = run(dtype="fp32")
+    assert torch.equal(run(dtype="bf16", low_precision_from_step=401), fp32)
+    assert 0 < (mixed - fp32).abs().max() < 0.05
+
+
+def test_a_compiled_prior_restores_with_the_cache(monkeypatch):
+    unet, y = _unet(), _faces(1)
+    sampling = SamplingConfig(start_step=400, steps=4, sampler="ddim", cache_depth=2, cache_interval=2)
+    eager = _restore(DifFace(lambda y: y, unet, SCHEDULE, 32, sampling), y)
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, mode=None, dynamic=None:
+                        real_compile(model, backend="aot_eager", dynamic=dynamic))
+    method = DifFace(lambda y: y, prepare_network(unet, torch.device("cpu"), compile=True), SCHEDULE, 32, sampling)
+    assert isinstance(method.cached_prior, torch._dynamo.OptimizedModule)
+    torch.testing.assert_close(_restore(method, y), eager, atol=1e-4, rtol=0)
+
+
+def test_the_cache_settings_are_validated_at_config_load(tiny_cfg):
+    from difface.pipeline import ConfigError, load_config, make_difface
+    for override, key in (("sampling.cache_depth=0", "sampling.cache_depth"),
+                          ("sampling.cache_depth=3", "sampling.cache_depth"),  # the tiny UNet has 2 levels
+                          ("sampling.cache_interval=0", "sampling.cache_interval"),
+                          ("sampling.cache_last_full=-1", "sampling.cache_last_full"),
+                          ("sampling.cache_full_steps=[1,2]", "sampling.cache_full_steps"),
+                          ("sampling.cache_full_steps=[0,3]", "sampling.cache_full_steps"),  # 3 evaluations
+                          ("sampling.cache_interval=two", "sampling.cache_interval")):
+        with pytest.raises(ConfigError, match=key):
+            load_config(str(tiny_cfg), ["sampling.cache_depth=1", override])
+    cfg = load_config(str(tiny_cfg), ["sampling.cache_depth=2", "sampling.cache_full_steps=[0,1]",
+                                      "sampling.cache_last_full=0"])
+    method = make_difface(cfg, None, _unet(dict(TINY_UNET)))
+    assert method.full_steps == [True, True, False] and method.cached_prior.depth == 2
+    assert make_difface(load_config(str(tiny_cfg)), None, None).cached_prior is None
+
+
+def test_num_samples_through_the_restorer_equal_single_restorations(tiny_cfg):
+    from difface import Restorer
+    restorer = Restorer(str(tiny_cfg), device="cpu", overrides=["sampling.cache_depth=1", "sampling.steps=5",
+                                                                "sampling.cache_last_full=0", "batch_size=2"])
+    method = restorer.method
+    assert method.full_steps == [True, False, True, False, True]
+    crops, keys = _faces(3), ["a.png", "b.png", "c.png"]
+    samples, _ = restorer.restore_crops(method, crops, keys, seed=9, num_samples=2)
+    for k in range(2):
+        for i, key in enumerate(keys):
+            alone = method.restore(crops[i:i + 1], generator=[image_generator(9, key, k)]).sample
+            torch.testing.assert_close(samples[k][i:i + 1], alone, atol=1e-5, rtol=0)
