@@ -115,3 +115,30 @@ def cached_unet(prior, depth: int, compile_fn: Callable[[nn.Module], Callable] |
         device = next(unet.parameters()).device
         compile_fn = lambda module: prepare_network(module, device, channels_last=False, compile=True)  # noqa: E731
     return compile_fn(net)
+
+
+def evaluation_macs(params: dict, image_size: int, depths=()) -> dict:
+    """Multiply-accumulates of one evaluation (batch 1, `image_size` square) of the UNetModel with
+    hyper-parameters `params`: {None: full evaluation, d: partial evaluation at depth d}.
+
+    Counted by `torch.utils.flop_counter` (convolutions, linear layers and attention matmuls;
+    MACs = FLOPs / 2; normalisations and activations are not counted) on fake tensors: no weights
+    are allocated and nothing is computed, so the paper's UNet-512 takes a few seconds.
+    """
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def macs(fn) -> int:
+        with FlopCounterMode(display=False) as counter:
+            fn()
+        return counter.get_total_flops() // 2
+
+    with FakeTensorMode(), torch.inference_mode():
+        unet = UNetModel(**dict(params)).eval()
+        x, t = torch.zeros(1, unet.in_channels, image_size, image_size), torch.zeros(1, dtype=torch.long)
+        result = {None: macs(lambda: unet(x, t))}
+        for depth in depths:
+            net = CachedUNet(unet, depth)
+            _, deep = net(x, t)
+            result[depth] = macs(lambda: net(x, t, deep))
+    return result

@@ -4,6 +4,7 @@
     python scripts/benchmark.py                      # CPU default: a few minutes
     python scripts/benchmark.py --baseline ../main   # + forward times of another checkout's networks
     python scripts/benchmark.py --batch-sizes 1,8 --modes fp32,bf16,compile
+    python scripts/benchmark.py --cache-depths 1,2,3,4,5,6,7 --forward-only   # cost of partial evaluations
 
 The networks of --cfg are built with random weights (they cost the same time as trained ones).
 For every precision mode and batch size the estimator and the prior are timed (min of
@@ -13,6 +14,10 @@ table then gives, side by side for each sampling setting (--cfg's, the paper's D
 prior) / batch. The samplers' own arithmetic is under 0.1% of a step, so this equals a full
 restoration; --end-to-end also times a real restoration to show it. Peak memory: CUDA peak
 allocated; CPU peak growth of the process's resident set from before the first call.
+
+--cache-depths D,D: the cost of a partial UNet evaluation (deep-feature caching, docs/deep_cache.md)
+at each branch depth: multiply-accumulates (counted, batch 1) and seconds (fp32, batch 1,
+interleaved with the full forward), each also as a fraction of a full evaluation.
 
 --baseline PATH / --official PATH import `models/unet.py:UNetModel` and `models/swinir.py:SwinIR`
 from another checkout (today's main, or the official DifFace code) under a private package
@@ -38,6 +43,7 @@ from omegaconf import OmegaConf
 
 
 from models import build_network  # noqa: E402
+from models.deep_cache import CachedUNet, evaluation_macs  # noqa: E402
 from models.difface import DTYPES, DifFace, SamplingConfig  # noqa: E402
 from models.diffusion import DiffusionSchedule  # noqa: E402
 from difface.pipeline import ConfigError, load_config, sampling_of  # noqa: E402
@@ -168,6 +174,31 @@ def forward_comparison(cfg, others: dict, device: torch.device, repeats: int) ->
     return rows
 
 
+def cache_cost(cfg, depths: list[int], device: torch.device, repeats: int) -> list[str]:
+    """Markdown rows: MACs and seconds of the full UNet evaluation and of a partial one per depth."""
+    macs = evaluation_macs(cfg.prior.params, cfg.image_size, depths)
+    torch.manual_seed(0)
+    unet = prepare_network(build_network(cfg.prior.name, dict(cfg.prior.params)).eval().requires_grad_(False)
+                           .to(device), device)
+    x = torch.rand(1, 3, cfg.image_size, cfg.image_size, device=device) * 2 - 1
+    t = torch.tensor([200], device=device)
+    fns, shapes = {None: lambda: unet(x, t)}, {None: "-"}
+    with torch.inference_mode():
+        for depth in depths:
+            net = CachedUNet(unet, depth)
+            deep = net(x, t)[1]
+            fns[depth] = lambda net=net, deep=deep: net(x, t, deep)
+            shapes[depth] = "x".join(str(n) for n in deep.shape[1:])
+        for fn in fns.values():  # warm-up
+            fn()
+        best = interleaved(fns, repeats, device)
+    rows = []
+    for depth in fns:
+        rows.append(f"| {'full' if depth is None else depth} | {shapes[depth]} | {macs[depth] / 1e9:.1f} | "
+                    f"{macs[depth] / macs[None]:.3f} | {best[depth]:.3f} | {best[depth] / best[None]:.3f} |")
+    return rows
+
+
 # --------------------------------------------------------------------------------------------
 # Restoration settings
 # --------------------------------------------------------------------------------------------
@@ -262,7 +293,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--baseline", default=None, metavar="PATH", help="another checkout of this project")
     p.add_argument("--official", default=None, metavar="PATH", help="a checkout of the official DifFace code")
-    p.add_argument("--forward-only", action="store_true", help="only the forward comparison with other checkouts")
+    p.add_argument("--forward-only", action="store_true",
+                   help="only the forward comparison with other checkouts and the --cache-depths table")
+    p.add_argument("--cache-depths", type=int_list, default=[], metavar="D,D",
+                   help="cost of a partial UNet evaluation at these branch depths (default: none)")
     p.add_argument("--end-to-end", action="store_true",
                    help="also time one real restoration (the fast preset; on CUDA also --cfg's) in the preset's "
                         "precision and in each of --modes")
@@ -276,6 +310,9 @@ def main(argv=None) -> int:
     try:
         cfg, fast_cfg = load_config(args.cfg), load_config(args.fast_cfg)
         device = pick_device(args.device)
+        levels = len(cfg.prior.params.get("channel_mult", ()))
+        if args.cache_depths and max(args.cache_depths) > levels:
+            raise ValueError(f"--cache-depths {max(args.cache_depths)}: the prior has {levels} resolution levels")
         others = {}
         for tag, path in (("baseline", args.baseline), ("official", args.official)):
             if path:
@@ -290,6 +327,12 @@ def main(argv=None) -> int:
         print("| network | other checkout | its forward (s) | ours (s) | speed-up | max abs diff |")
         print("|---|---|---|---|---|---|")
         for row in forward_comparison(cfg, others, device, args.repeats):
+            print(row, flush=True)
+        print()
+    if args.cache_depths:
+        print("| evaluation (branch depth) | deep feature C x H x W | GMAC | of full | s (fp32, batch 1) | of full |")
+        print("|---|---|---|---|---|---|")
+        for row in cache_cost(cfg, args.cache_depths, device, args.repeats):
             print(row, flush=True)
         print()
     if args.forward_only:

@@ -298,3 +298,52 @@ def test_num_samples_through_the_restorer_equal_single_restorations(tiny_cfg):
         for i, key in enumerate(keys):
             alone = method.restore(crops[i:i + 1], generator=[image_generator(9, key, k)]).sample
             torch.testing.assert_close(samples[k][i:i + 1], alone, atol=1e-5, rtol=0)
+
+
+# --------------------------------------------------------------------------------------------
+# Cost of a partial evaluation
+# --------------------------------------------------------------------------------------------
+
+from models.deep_cache import evaluation_macs  # noqa: E402
+
+
+def test_macs_of_the_paper_unet_per_branch_depth():
+    """The numbers of docs/deep_cache.md: UNet-512 (difface_ffhq512's prior), counted on fake tensors."""
+    import yaml
+
+    from conftest import REPO
+    params = yaml.safe_load((REPO / "configs/inference/difface_ffhq512.yaml").read_text())["prior"]["params"]
+    macs = evaluation_macs(params, 512, [1, 2, 3, 7])
+    assert round(macs[None] / 1e9, 1) == 186.0  # 372 GFLOP
+    assert [round(macs[d] / macs[None], 3) for d in (1, 2, 3, 7)] == [0.128, 0.362, 0.596, 0.996]
+
+
+def test_macs_of_a_partial_evaluation_leave_out_exactly_the_deep_blocks():
+    from torch.utils.flop_counter import FlopCounterMode
+    unet = _unet()
+    macs = evaluation_macs(DEEPER_UNET, 32, [1, 2, 3])
+    assert macs[1] < macs[2] < macs[3] < macs[None]
+    x, t = _inputs(1)
+    with torch.inference_mode():
+        emb = unet.time_embed(torch.zeros(1, 32))
+        h = x
+        for block in unet.input_blocks:
+            h = block(h, emb)
+        with FlopCounterMode(display=False) as counter:
+            unet.middle_block(h, emb)
+    assert macs[None] - macs[3] == counter.get_total_flops() // 2  # depth 3 = all levels: only the middle block
+
+
+def test_benchmark_prints_the_cost_per_depth(tiny_cfg, capsys):
+    import sys
+
+    from conftest import REPO
+    sys.path.insert(0, str(REPO / "scripts"))
+    import benchmark
+    assert benchmark.main(["--cfg", str(tiny_cfg), "--fast-cfg", str(tiny_cfg), "--cache-depths", "1,2",
+                           "--forward-only", "--repeats", "1", "--device", "cpu", "--threads", "1"]) == 0
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert [r[0].strip() for r in rows[1:]] == ["full", "1", "2"]
+    assert [r[1].strip() for r in rows[2:]] == ["32x32x32", "32x16x16"]  # the tiny UNet: 32 channels per level
+    assert float(rows[1][3]) == 1.0 and 0 < float(rows[2][3]) < float(rows[3][3]) < 1
+    assert benchmark.main(["--cfg", str(tiny_cfg), "--cache-depths", "3", "--forward-only"]) == 2
