@@ -11,9 +11,13 @@ For every precision mode and batch size the estimator and the prior are timed (m
 --repeats warm runs; compilation and warm-up excluded, the compile time is reported). One
 table then gives, side by side for each sampling setting (--cfg's, the paper's DDIM-100, and
 --fast-cfg's): network evaluations per face and seconds per face = (estimator + evaluations x
-prior) / batch. The samplers' own arithmetic is under 0.1% of a step, so this equals a full
-restoration; --end-to-end also times a real restoration to show it. Peak memory: CUDA peak
-allocated; CPU peak growth of the process's resident set from before the first call.
+prior) / batch. A setting with cached deep features (sampling.cache_depth, docs/deep_cache.md)
+also gets its partial evaluations timed and counted: seconds per face = (estimator + full x
+prior + partial x partial prior) / batch, and full-evaluation equivalents per face = full +
+partial x (MACs of a partial / of a full evaluation). The samplers' own arithmetic is under
+0.1% of a step, so this equals a full restoration; --end-to-end also times a real restoration
+(the fast preset as shipped, then in each mode) to show it. Peak memory: CUDA peak allocated;
+CPU peak growth of the process's resident set from before the first call.
 
 --cache-depths D,D: the cost of a partial UNet evaluation (deep-feature caching, docs/deep_cache.md)
 at each branch depth: multiply-accumulates (counted, batch 1) and seconds (fp32, batch 1,
@@ -43,7 +47,7 @@ from omegaconf import OmegaConf
 
 
 from models import build_network  # noqa: E402
-from models.deep_cache import CachedUNet, evaluation_macs  # noqa: E402
+from models.deep_cache import CachedUNet, cached_unet, evaluation_macs  # noqa: E402
 from models.difface import DTYPES, DifFace, SamplingConfig  # noqa: E402
 from models.diffusion import DiffusionSchedule  # noqa: E402
 from difface.pipeline import ConfigError, load_config, sampling_of  # noqa: E402
@@ -203,17 +207,27 @@ def cache_cost(cfg, depths: list[int], device: torch.device, repeats: int) -> li
 # Restoration settings
 # --------------------------------------------------------------------------------------------
 
-def settings(cfg, fast_cfg) -> list[tuple[str, int]]:
-    """(label, prior evaluations per face) of the sampling of --cfg and of --fast-cfg (once if equal)."""
+def settings(cfg, fast_cfg) -> list[dict]:
+    """The sampling of --cfg and of --fast-cfg (once if equal): label, prior evaluations per face,
+    how many of them are partial, and at which branch depth (None: no caching)."""
     rows = []
     for c in (cfg, fast_cfg):
-        s = c.sampling
-        method = DifFace(None, None, DiffusionSchedule.from_name(c.diffusion.schedule, c.diffusion.steps),
-                         c.image_size, sampling_of(c))
+        s = sampling_of(c)
+        full = s.full_evaluations(c.diffusion.steps)
         label = f"{s.sampler}" + (f" K = {s.steps}" if s.steps else f", grid {s.grid}") + f", N = {s.start_step}"
-        if (label, len(method.timesteps)) not in rows:
-            rows.append((label, len(method.timesteps)))
+        if s.cache_depth is not None:
+            label += f", cache depth {s.cache_depth} ({full.count(False)} partial)"
+        row = dict(label=label, evals=len(full), partial=full.count(False), depth=s.cache_depth)
+        if row not in rows:
+            rows.append(row)
     return rows
+
+
+def equivalents(row: dict, macs: dict) -> float:
+    """Full-evaluation equivalents per face: full evaluations + partial ones x their MAC fraction."""
+    if row["depth"] is None:
+        return float(row["evals"])
+    return row["evals"] - row["partial"] + row["partial"] * macs[row["depth"]] / macs[None]
 
 
 def networks(cfg, device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -223,8 +237,9 @@ def networks(cfg, device: torch.device) -> tuple[torch.nn.Module, torch.nn.Modul
     return nets[0], nets[1]
 
 
-def time_mode(cfg, mode: str, batch: int, device: torch.device, repeats: int) -> dict:
-    """Estimator and prior seconds per call at `batch`, peak memory, compile seconds."""
+def time_mode(cfg, mode: str, batch: int, device: torch.device, repeats: int, depths=()) -> dict:
+    """Estimator and prior seconds per call at `batch` (and a partial prior evaluation at each of
+    `depths`, key ('partial', depth)), peak memory, compile seconds."""
     estimator, prior = networks(cfg, device)
     compile_ = mode == "compile"
     estimator = prepare_network(estimator, device, compile=compile_)
@@ -235,9 +250,20 @@ def time_mode(cfg, mode: str, batch: int, device: torch.device, repeats: int) ->
     t = torch.full((batch,), 200, device=device)
     with torch.inference_mode(), autocast, PeakMemory(device) as peak:
         warm = timed(lambda: (estimator(y), prior(y * 2 - 1, t)), device)
-        best = interleaved({"estimator": lambda: estimator(y), "prior": lambda: prior(y * 2 - 1, t)},
-                           repeats, device)
+        fns = {"estimator": lambda: estimator(y), "prior": lambda: prior(y * 2 - 1, t)}
+        for depth in depths:
+            net = cached_unet(prior, depth)
+            deep = net(y * 2 - 1, t)[1]
+            net(y * 2 - 1, t, deep)  # warm-up (and compilation) of the partial evaluation
+            fns["partial", depth] = lambda net=net, deep=deep: net(y * 2 - 1, t, deep)
+        best = interleaved(fns, repeats, device)
     return {**best, "peak_gib": peak.gib, "warmup": warm}
+
+
+def seconds_per_face(row: dict, r: dict, batch: int) -> float:
+    """(estimator + full evaluations x prior + partial evaluations x partial prior) / batch."""
+    partial = r["partial", row["depth"]] if row["depth"] is not None else 0.0
+    return (r["estimator"] + (row["evals"] - row["partial"]) * r["prior"] + row["partial"] * partial) / batch
 
 
 def end_to_end(cfg, steps_cfg, device: torch.device) -> tuple[float, int, str]:
@@ -338,17 +364,22 @@ def main(argv=None) -> int:
     if args.forward_only:
         return 0
     rows = settings(cfg, fast_cfg)
-    print("| setting | evals / face | mode | batch | s / face | estimator s | prior s / eval | peak GiB | warm-up s |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    depths = sorted({row["depth"] for row in rows if row["depth"] is not None})
+    macs = evaluation_macs(cfg.prior.params, cfg.image_size, depths) if depths else {}
+    print("| setting | evals / face | full-eval equivalents | mode | batch | s / face | estimator s | prior s / eval "
+          "| partial s / eval | peak GiB | warm-up s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for mode in args.modes:
         for batch in args.batch_sizes:
-            r = time_mode(cfg, mode, batch, device, args.repeats)
-            for label, evals in rows:
-                per_face = (r["estimator"] + evals * r["prior"]) / batch
-                print(f"| {label} | {evals} | {mode} | {batch} | {per_face:.2f} | {r['estimator']:.3f} | "
-                      f"{r['prior']:.3f} | {r['peak_gib']:.2f} | {r['warmup']:.1f} |", flush=True)
+            r = time_mode(cfg, mode, batch, device, args.repeats, depths)
+            for row in rows:
+                partial = f"{r['partial', row['depth']]:.3f}" if row["depth"] is not None else "-"
+                print(f"| {row['label']} | {row['evals']} | {equivalents(row, macs):.1f} | {mode} | {batch} | "
+                      f"{seconds_per_face(row, r, batch):.2f} | {r['estimator']:.3f} | {r['prior']:.3f} | {partial} | "
+                      f"{r['peak_gib']:.2f} | {r['warmup']:.1f} |", flush=True)
     if args.end_to_end:
-        print("\n| end to end (batch 1) | evals | precision | s / face |\n|---|---|---|---|")
+        print("\n| end to end (batch 1) | evals | precision | s / face | full-eval equivalents |")
+        print("|---|---|---|---|---|")
         for c in (fast_cfg,) if device.type == "cpu" else (cfg, fast_cfg):  # 100 evaluations: minutes on a CPU
             # the preset's own precision first, then each mode as `--dtype MODE` runs the preset and,
             # where the preset keeps low-noise steps in fp32, that mode throughout
@@ -357,7 +388,8 @@ def main(argv=None) -> int:
             for precision, from_step in dict.fromkeys((m, None if m == "fp32" else t) for m, t in variants):
                 variant = OmegaConf.merge(c, {"dtype": precision, "low_precision_from_step": from_step})
                 seconds, evals, used = end_to_end(cfg, variant, device)
-                print(f"| {c.name} | {evals} | {used} | {seconds:.2f} |", flush=True)
+                row = settings(variant, variant)[0]
+                print(f"| {c.name} | {evals} | {used} | {seconds:.2f} | {equivalents(row, macs):.1f} |", flush=True)
     return 0
 
 

@@ -347,3 +347,29 @@ def test_benchmark_prints_the_cost_per_depth(tiny_cfg, capsys):
     assert [r[1].strip() for r in rows[2:]] == ["32x32x32", "32x16x16"]  # the tiny UNet: 32 channels per level
     assert float(rows[1][3]) == 1.0 and 0 < float(rows[2][3]) < float(rows[3][3]) < 1
     assert benchmark.main(["--cfg", str(tiny_cfg), "--cache-depths", "3", "--forward-only"]) == 2
+
+
+def test_benchmark_counts_full_evaluation_equivalents_of_a_cached_setting(tiny_cfg, tmp_path, capsys):
+    import sys
+
+    import yaml
+
+    from conftest import REPO
+    sys.path.insert(0, str(REPO / "scripts"))
+    import benchmark
+    cached = tmp_path / "cached.yaml"
+    tiny = yaml.safe_load(tiny_cfg.read_text())
+    cached.write_text(yaml.safe_dump({**tiny, "sampling": {**tiny["sampling"], "cache_depth": 1}}))
+    assert benchmark.main(["--cfg", str(tiny_cfg), "--fast-cfg", str(cached), "--modes", "fp32", "--batch-sizes", "1",
+                           "--repeats", "1", "--device", "cpu", "--threads", "1", "--end-to-end"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    table = [[c.strip() for c in line.split("|")[1:-1]] for line in lines if "| fp32 | 1 |" in line]
+    fraction = evaluation_macs(TINY_UNET, 32, [1])
+    fraction = fraction[1] / fraction[None]
+    plain, partial = table
+    assert plain[1:3] == ["3", "3.0"] and plain[8] == "-"
+    # 3 evaluations, the middle one partial: 2 full + 1 x its MAC fraction
+    assert partial[0].endswith("cache depth 1 (1 partial)") and partial[1] == "3"
+    assert partial[2] == f"{2 + fraction:.1f}" and float(partial[8]) > 0  # its partial evaluation timed
+    end_to_end = [line for line in lines if line.startswith("| tiny")]
+    assert end_to_end and end_to_end[0].split("|")[5].strip() == f"{2 + fraction:.1f}"
