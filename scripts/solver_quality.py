@@ -10,9 +10,13 @@ For each start step N of --n-values (default: 400 and the config's own N) the he
     (first evaluation at N), and DDIM (eta 0.5, the config's official start) with K of --ddim-ks,
   * optionally dpmpp_2m in bfloat16 (--bf16-ks; with --bf16-above T only the prior's steps at t >= T)
     and the reference's deterministic limit (--ddim-eta0),
+  * optionally dpmpp_2m with cached deep features (--cache-rows K:DEPTH:INTERVAL[:LAST_FULL], the
+    sampling.cache_* settings of docs/deep_cache.md), whose cost is counted in full-evaluation
+    equivalents (full + partial evaluations x the MAC fraction of a partial one),
 and scored by PSNR / SSIM against the HQ faces and FID / KID against the HQ set. The
 selected K (of either solver) is the smallest one whose FID and KID are no worse than the reference and whose
-PSNR is within --psnr-tolerance dB of it. As FID and KID of a few hundred faces are noisy, each row
+PSNR is within --psnr-tolerance dB of it (fewest: in full-evaluation equivalents, where rows cache;
+the other rows run without caching, whatever the config says). As FID and KID of a few hundred faces are noisy, each row
 also gets 95% intervals of its difference to the reference (KID, PSNR) from a paired bootstrap over
 the faces, and the smallest K not significantly worse is reported too.
 Writes results.json, results.md and solver.png, and each row's restored faces to rows/<row>.npz;
@@ -37,6 +41,7 @@ import metrics.heldout as rs
 
 from metrics.fid import FidStats, frechet_distance  # noqa: E402
 from metrics.kid import kernel_inception_distance, polynomial_mmd2  # noqa: E402
+from models.deep_cache import evaluation_macs  # noqa: E402
 from models.difface import DifFace  # noqa: E402
 from difface.pipeline import ConfigError, load_config, sampling_of  # noqa: E402
 from models.runtime import pick_device  # noqa: E402
@@ -47,6 +52,21 @@ SOLVERS = ("dpmpp_2m", "dpmpp_2m_sde")
 
 def float_list(text: str) -> list[float]:
     return rs.number_list(text, float)
+
+
+def cache_rows(text: str) -> list[tuple[int, ...]]:
+    """'K:DEPTH:INTERVAL[:LAST_FULL],...' -> [(K, depth, interval, last_full)]; last_full defaults to 1."""
+    rows = []
+    for spec in (s.strip() for s in text.split(",") if s.strip()):
+        try:
+            values = [int(v) for v in spec.split(":")]
+        except ValueError:
+            values = []
+        if len(values) not in (3, 4) or min(values[:3]) < 1 or values[-1] < 0:
+            raise argparse.ArgumentTypeError(f"expected K:DEPTH:INTERVAL[:LAST_FULL] (positive integers, "
+                                             f"LAST_FULL >= 0), got {spec!r}")
+        rows.append(tuple(values) if len(values) == 4 else (*values, 1))
+    return rows
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -71,6 +91,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--bf16-above", type=rs.int_list, default=[], metavar="T,T",
                    help="for each T, also the --bf16-ks rows with bf16 only for the prior at base steps >= T "
                         "(low_precision_from_step)")
+    p.add_argument("--cache-rows", type=cache_rows, default=[], metavar="K:D:I[:L],...",
+                   help="dpmpp_2m rows with K evaluations and cached deep features at branch depth D, a full "
+                        "evaluation every I and the last L (default 1) always full (default: none)")
     p.add_argument("--fid-intervals", action="store_true",
                    help="also bootstrap the FID difference (slower: about 0.3 s per draw and row)")
     p.add_argument("--psnr-tolerance", type=float, default=0.2, help="dB below the reference (default: 0.2)")
@@ -126,10 +149,15 @@ class Scores:
                 row[f"{metric}_{key}_ci"] = [float(v) for v in np.percentile(values, [2.5, 97.5])]
 
 
+def cost(row: dict) -> float:
+    """A row's network work per face in full-evaluation equivalents (its evaluations unless it caches)."""
+    return row.get("equivalents", row["evaluations"])
+
+
 def _fewest(rows: list[dict], accept) -> dict | None:
-    """The fewest-evaluation fp32 solver row that `accept`s (on a tie the first of SOLVERS)."""
+    """The cheapest fp32 solver row that `accept`s (on a tie the first of SOLVERS, then uncached)."""
     ok = [r for r in rows if r["sampler"] in SOLVERS and r.get("dtype", "fp32") == "fp32" and accept(r)]
-    return min(ok, key=lambda r: (r["evaluations"], SOLVERS.index(r["sampler"]))) if ok else None
+    return min(ok, key=lambda r: (cost(r), SOLVERS.index(r["sampler"]), "cache" in r)) if ok else None
 
 
 def choose(reference: dict, rows: list[dict], tolerance: float) -> dict | None:
@@ -157,10 +185,11 @@ def plot(results: list[dict], out: Path) -> None:
             series = dict.fromkeys(r["label"].rsplit(" K = ", 1)[0] for r in res["rows"])
             for name, style in zip(series, ("o-", "^-", "v-", "D-", "s--", "x-")):
                 rows = [r for r in res["rows"] if r["label"].rsplit(" K = ", 1)[0] == name]
-                ax.plot([r["evaluations"] for r in rows], [r[key] for r in rows], style,
+                ax.plot([cost(r) for r in rows], [r[key] for r in rows], style,
                         label=f"{name}" + (" (K evaluations)" if " K = " in rows[0]["label"] else ""))
             ax.axhline(ref[key], color="grey", ls=":", label=f"DDIM reference ({ref['evaluations']} evals)")
-            ax.set(xlabel="network evaluations per face", title=f"{title}, N = {res['N']}")
+            ax.set(xlabel="network evaluations per face (full-evaluation equivalents)",
+                   title=f"{title}, N = {res['N']}")
             ax.grid(alpha=0.3)
         row_axes[0].legend(fontsize=7)
     fig.tight_layout()
@@ -183,7 +212,8 @@ def markdown(report: dict) -> str:
         for r in [res["reference"], *res["rows"]]:
             ci = [f"[{r[k][0]:+.2f}, {r[k][1]:+.2f}]" if k in r else "—"
                   for k in ("fid_delta_ci", "kid_delta_ci", "psnr_delta_ci")]
-            lines.append(f"| {r['label']} | {r['evaluations']} | {r['psnr']:.2f} | {r['ssim']:.4f} | {r['fid']:.2f} "
+            evals = f"{r['evaluations']}" + (f" (= {r['equivalents']:.1f} full)" if "equivalents" in r else "")
+            lines.append(f"| {r['label']} | {evals} | {r['psnr']:.2f} | {r['ssim']:.4f} | {r['fid']:.2f} "
                          f"| {r['kid_x1000']:.2f} | {ci[0]} | {ci[1]} | {ci[2]} | {r['seconds_per_image']:.3f} |")
         pick, close = res["selected"], res.get("within_noise")
         lines += ["", "Δ: row minus the reference, 95% paired bootstrap interval over the faces.", ""]
@@ -216,6 +246,9 @@ def main(argv=None) -> int:
         faces = rs.load_heldout(args.heldout, cfg.image_size, args.max_images)
         standard = rs.degradation_config(args.degradation_from)
         device = pick_device(args.device)
+        levels = len(cfg.prior.params.get("channel_mult", ()))
+        if any(depth > levels for _, depth, _, _ in args.cache_rows):
+            raise ValueError(f"--cache-rows: a branch depth above the prior's {levels} resolution levels")
     except (ConfigError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -225,10 +258,17 @@ def main(argv=None) -> int:
     score = Scores(rs.to_uint8(faces.hq), device, args.fid_backbone)
     base, s = runner.base, sampling_of(cfg)
 
+    depths = sorted({depth for _, depth, _, _ in args.cache_rows})
+    macs = evaluation_macs(cfg.prior.params, cfg.image_size, depths) if depths else {}
+
     def run(label: str, sampler: str, n: int, steps: int | None, eta: float = 0.5, dtype: str = "fp32",
-            low_from: int | None = None) -> dict:
-        """One row; `low_from`: `dtype` only for the prior at t >= low_from (low_precision_from_step)."""
-        sampling = replace(s, start_step=n, steps=steps, eta=eta, sampler=sampler)
+            low_from: int | None = None, cache: tuple[int, int, int] | None = None) -> dict:
+        """One row; `low_from`: `dtype` only for the prior at t >= low_from (low_precision_from_step);
+        `cache`: (depth, interval, last_full) of cached deep features."""
+        sampling = replace(s, start_step=n, steps=steps, eta=eta, sampler=sampler, cache_depth=None)
+        if cache is not None:
+            sampling = replace(sampling, cache_depth=cache[0], cache_interval=cache[1], cache_full_steps=None,
+                               cache_last_full=cache[2])
         method = DifFace(base.estimator, base.prior, base.schedule, cfg.image_size, sampling, dtype=dtype,
                          low_precision_from_step=low_from)
         eta = eta if sampler in TAKES_ETA else 0.0
@@ -236,13 +276,18 @@ def main(argv=None) -> int:
         settings = {"cfg": cfg.name, "heldout": str(args.heldout), "keys": faces.keys, "seed": args.seed,
                     "degradation_from": args.degradation_from, "sampler": sampler, "eta": eta, "dtype": dtype,
                     "timesteps": method.timesteps}
+        extra = {}
+        if cache is not None:
+            settings["cache"] = list(cache)
+            full, partial = method.full_steps.count(True), method.full_steps.count(False)
+            extra = {"cache": list(cache), "equivalents": full + partial * macs[cache[0]] / macs[None]}
         saved = args.out / "rows" / f"N{n} {label}.npz"
         out, sec = load_row(saved, settings) if args.reuse_rows else (None, None)
         if out is None:
             out, _, sec = runner.restore(method, lq, faces.keys, label)
             save_row(saved, settings, out, sec)
         return score(label, out, sampler=sampler, eta=eta, dtype=dtype, N=n,
-                     evaluations=len(method.timesteps), seconds_per_image=sec)
+                     evaluations=len(method.timesteps), seconds_per_image=sec, **extra)
 
     warm = replace(s, start_step=400, steps=1)
     runner.restore(DifFace(base.estimator, base.prior, base.schedule, cfg.image_size, warm),
@@ -256,12 +301,14 @@ def main(argv=None) -> int:
         rows += [run(f"dpmpp_2m bf16 K = {k}", "dpmpp_2m", n, k, 0.0, "bf16") for k in args.bf16_ks if k <= n]
         rows += [run(f"dpmpp_2m bf16 at t >= {t} K = {k}", "dpmpp_2m", n, k, 0.0, "bf16", t)
                  for t in args.bf16_above for k in args.bf16_ks if k <= n]
+        rows += [run(f"dpmpp_2m cache depth {d} every {i}" + (f" last {last}" if last != 1 else "") + f" K = {k}",
+                     "dpmpp_2m", n, k, 0.0, cache=(d, i, last)) for k, d, i, last in args.cache_rows if k <= n]
         if args.ddim_eta0:
             rows.append(run(f"DDIM eta 0, grid {s.grid}", "ddim", n, None, 0.0))
         ref = run(f"DDIM eta 0.5, grid {s.grid}", "ddim", n, None)
         for row in rows:
             score.compare(row, ref, fid=args.fid_intervals)
-            twin = [r for r in rows if row["dtype"] != "fp32" and r["dtype"] == "fp32"
+            twin = [r for r in rows if row["dtype"] != "fp32" and r["dtype"] == "fp32" and "cache" not in r
                     and (r["sampler"], r["evaluations"]) == (row["sampler"], row["evaluations"])]
             if twin:  # reduced precision against fp32, same solver and K
                 score.compare(row, twin[0], key="vs_fp32")

@@ -373,3 +373,28 @@ def test_benchmark_counts_full_evaluation_equivalents_of_a_cached_setting(tiny_c
     assert partial[2] == f"{2 + fraction:.1f}" and float(partial[8]) > 0  # its partial evaluation timed
     end_to_end = [line for line in lines if line.startswith("| tiny")]
     assert end_to_end and end_to_end[0].split("|")[5].strip() == f"{2 + fraction:.1f}"
+
+
+def test_solver_quality_takes_cache_rows_and_ranks_rows_by_full_evaluation_equivalents():
+    import argparse
+
+    from test_solver_quality import _row, _script
+    sq = _script()
+    assert sq.cache_rows("15:1:2, 20:2:3:0") == [(15, 1, 2, 1), (20, 2, 3, 0)]
+    for bad in ("15:1", "15:0:2", "15:1:2:-1", "a:b:c", "15:1:2:1:1"):
+        with pytest.raises(argparse.ArgumentTypeError, match="K:DEPTH:INTERVAL"):
+            sq.cache_rows(bad)
+    assert sq.parse_args(["--out", "x", "--cache-rows", "15:1:3"]).cache_rows == [(15, 1, 3, 1)]
+    ref = _row("DDIM", 100, 110.0, 40.0, 18.9, sampler="ddim")
+    plain = _row("dpmpp_2m K = 10", 10, 109.0, 39.0, 19.0)
+    cached = _row("dpmpp_2m cache depth 1 every 3 K = 15", 15, 109.0, 39.0, 19.0, cache=[1, 3, 1], equivalents=7.2)
+    assert sq.choose(ref, [plain, cached], 0.2) is cached  # 7.2 full-evaluation equivalents < 10
+    assert sq.choose(ref, [plain, dict(cached, equivalents=10.0)], 0.2) is plain  # a tie: the uncached row
+    for r in (plain, cached):
+        r.update(ssim=0.5, seconds_per_image=1.0)
+    report = {"meta": dict(model="m", machine="cpu", torch="2", images=3, heldout="h", image_size=64,
+                           degradation_from="d", seed=0, command="c"),
+              "results": [{"N": 400, "reference": dict(ref, ssim=0.5, seconds_per_image=9.0), "rows": [plain, cached],
+                           "selected": cached, "within_noise": None}]}
+    text = sq.markdown(report)
+    assert "| dpmpp_2m cache depth 1 every 3 K = 15 | 15 (= 7.2 full) |" in text and "| dpmpp_2m K = 10 | 10 |" in text
