@@ -190,18 +190,8 @@ class Restorer:
             validate(cfg)
         if not changes and progress is None:
             return self.method
-        prior = self.prior
-        if progress is not None:
-            calls = [0]
-
-            def prior(x, t, _prior=self.prior):
-                out = _prior(x, t)
-                calls[0] += 1
-                total = max(1, len(method.timesteps))
-                progress((calls[0] - 1) % total + 1, total)
-                return out
-
-        method = make_difface(cfg, self.estimator, prior, self.dtype)
+        method = make_difface(cfg, self.estimator, self.prior, self.dtype)
+        method.on_evaluation = progress
         return method
 
     # ------------------------------------------------------------------ one image

@@ -164,7 +164,8 @@ class DifFace:
     def __init__(self, estimator: Callable, prior: Callable, schedule: DiffusionSchedule, image_size: int,
                  sampling: SamplingConfig | None = None, dtype: str = "fp32",
                  correct_x0_factory: Callable[[torch.Tensor, torch.Tensor], Callable] | None = None,
-                 low_precision_from_step: int | None = None):
+                 low_precision_from_step: int | None = None,
+                 on_evaluation: Callable[[int, int], None] | None = None):
         sampling = sampling or SamplingConfig()
         if sampling.sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampling.sampler!r}; allowed: {sorted(SAMPLERS)}")
@@ -182,6 +183,7 @@ class DifFace:
         self.full_steps = sampling.full_evaluations(schedule.num_steps)
         self.cached_prior = cached_unet(prior, sampling.cache_depth) if sampling.cache_depth is not None else None
         self.correct_x0_factory = correct_x0_factory
+        self.on_evaluation = on_evaluation  # (done, total) after each prior evaluation of a chain
 
     def _autocast(self, device: torch.device, low: bool = True):
         """Mixed precision for the networks only; all diffusion arithmetic stays float32.
@@ -200,9 +202,23 @@ class DifFace:
             return self.prior(x, t).float()
 
     def _chain_prior(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-        """The model the sampler calls for one chain: the prior, or with deep-feature caching a
-        fresh cache and the k-th call full or partial as `full_steps[k]` says (a sampler makes
-        exactly one call per timestep, in order)."""
+        """The model the sampler calls for one chain (reporting to `on_evaluation` if set)."""
+        model = self._chain_model()
+        if self.on_evaluation is None:
+            return model
+        report, total, calls = self.on_evaluation, len(self.timesteps), [0]
+
+        def reported(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            out = model(x, t)
+            calls[0] += 1
+            report(calls[0], total)
+            return out
+
+        return reported
+
+    def _chain_model(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """The prior, or with deep-feature caching a fresh cache and the k-th call full or partial
+        as `full_steps[k]` says (a sampler makes exactly one call per timestep, in order)."""
         if self.cached_prior is None:
             return self._prior
         net, plan, state = self.cached_prior, self.full_steps, {"calls": 0, "deep": None}

@@ -95,3 +95,11 @@ def test_a_config_with_a_base_is_its_base_with_its_own_keys_over_it(tmp_path):
     mine.write_text("base: nowhere\n")
     with pytest.raises(ConfigError, match="base 'nowhere' is neither a file next to it nor a preset"):
         load_config(str(mine))
+
+
+def test_progress_is_reported_with_deep_feature_caching_too():
+    cached = difface.Restorer("demo", device="cpu", overrides=["sampling.cache_depth=1"])
+    calls = []
+    cached.restore(FACE, aligned=True, start_step=60, steps=4, sampler="dpmpp_2m",
+                   progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(1, 4), (2, 4), (3, 4), (4, 4)]
