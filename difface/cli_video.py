@@ -21,8 +21,19 @@ def add_video_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--end", type=float, default=None, metavar="S", help="restore up to this time (seconds)")
     g.add_argument("--max-frames", type=at_least(1), default=None, metavar="N",
                    help="restore at most N frames of each video (a quick look)")
-    g.add_argument("--smooth-frames", type=at_least(0), default=3, metavar="R",
-                   help="each face's landmarks are averaged over R frames before and after (0 = as detected)")
+    g.add_argument("--detection-weight", type=_weight, default=0.2, metavar="W",
+                   help="each face's landmarks follow its measured motion and move this part of the way towards "
+                        "each new detection (1 = as detected in every frame)")
+    g.add_argument("--temporal-estimate", type=at_least(0), default=0, metavar="R",
+                   help="average each face's estimate f(y) over R frames before and after it before the diffusion "
+                        "(evens out what the degradation changes from frame to frame; blurs fast changes)")
+
+
+def _weight(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must lie in (0, 1], got {value}")
+    return value
 
 
 def check_video_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -83,7 +94,8 @@ def run_videos(restorer, jobs: list, args: argparse.Namespace) -> None:
                 result, warned = warn_relay(restorer.restore_video, job.source, job.outputs[0], name=job.key, start=args.start,
                                  end=args.end, max_frames=args.max_frames, progress=progress, upscale=args.upscale,
                                  only_center_face=args.only_center_face, allow_downscale=args.allow_downscale,
-                                 draw_box=args.draw_box, radius=args.smooth_frames)
+                                 draw_box=args.draw_box, eta=args.eta, detection_weight=args.detection_weight,
+                                 estimate_radius=args.temporal_estimate)
             except InputError as e:
                 job.record.update(status="failed", error=str(e))
                 log(f"error: {e}")

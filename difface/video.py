@@ -9,8 +9,14 @@ still (docs/video.md):
 * faces are tracked through the frames (`datapipe.tracks.FaceTracker`), and every face of a
   track draws the same noise in every frame: its generator comes from (seed, f"{name}#track{id}"),
   so the sampler's path only moves where the input moves;
-* each face's landmarks are averaged over a centred window of its track before alignment
-  (`datapipe.tracks.TrackSmoother`), so detector jitter does not shake the crop.
+* each face's landmarks follow the face's measured motion from frame to frame and are pulled
+  only by `detection_weight` towards each new detection (`datapipe.tracks.MotionFilter`), so the
+  crop moves with the face and not with the detector's jitter: the same noise then meets the same
+  part of the face in every frame;
+* optionally (`estimate_radius` > 0) the estimator's outputs of a track are averaged over a centred
+  window of frames before the diffusion, which also evens out what the degradation changes from
+  frame to frame (at the cost of blurring fast changes of expression).
+* the sampler runs with eta = 0 (a deterministic DDIM path) unless `eta` is given.
 `temporal=False` restores the frames independently instead (a generator per frame and face, the
 landmarks as detected), as restoring the extracted frames as separate photos would.
 
@@ -35,10 +41,13 @@ from datapipe.face_align import align_face, align_face_ffhq, is_ffhq_template
 from datapipe.image_io import is_grey, tensor_to_uint8, to_grey, uint8_to_tensor
 from datapipe.limits import MAX_DOWNSCALE
 from datapipe.photos import PendingPhoto, PhotoResult, finish_photo
-from datapipe.tracks import FaceTracker, TrackSmoother
+from datapipe.tracks import FaceTracker, MotionFilter, TrackWindow
 from datapipe.video import DecodedFrame, VideoError, VideoWriter, probe_video, read_frames
+from models.difface import image_generator
 
-DEFAULT_RADIUS = 3  # landmarks averaged over up to 7 frames
+VIDEO_ETA = 0.0  # a deterministic sampler path unless eta is given: the track's noise is all its randomness
+DEFAULT_DETECTION_WEIGHT = 0.2  # landmarks follow the measured motion, pulled 20% towards each detection
+DEFAULT_ESTIMATE_RADIUS = 0  # the estimator's outputs of each frame as they are
 
 
 @dataclass
@@ -82,45 +91,75 @@ class VideoResult:
 
 
 class _Frame:
-    """A frame between detection and restoration."""
+    """A frame on its way through detection, alignment, estimation and sampling."""
 
     def __init__(self, index: int, time: float, image: np.ndarray, faces, skipped, ids, seconds: float):
         self.index, self.time, self.image = index, time, image
         self.faces, self.skipped, self.ids, self.seconds = faces, skipped, ids, seconds
+        self.steady: list = faces          # the faces with the landmarks the crops are aligned to
+        self.pending: PendingPhoto | None = None
+        self.tracks: list[int] = []         # the track of each face restored (pending.keys' order)
+        self.estimates: torch.Tensor | None = None  # (F, 3, S, S) the estimator's output per face
+
+
+@dataclass
+class _Settings:
+    name: str
+    method: object
+    seed: int
+    upscale: int
+    allow_downscale: bool
+    draw_box: bool
+    temporal: bool
+
+
+def _lookahead(items: Iterable, radius: int) -> Iterator:
+    """Each item once `radius` later ones have been drawn from `items` (or `items` has ended)."""
+    window: deque = deque()
+    for item in items:
+        window.append(item)
+        if len(window) > radius:
+            yield window.popleft()
+    yield from window
 
 
 def restore_frames(restorer, frames: Iterable[np.ndarray | DecodedFrame], name: str, *, seed: int | None = None,
                    method=None, upscale: int = 2, only_center_face: bool = False, allow_downscale: bool = False,
-                   draw_box: bool = False, radius: int = DEFAULT_RADIUS, temporal: bool = True,
+                   draw_box: bool = False, detection_weight: float = DEFAULT_DETECTION_WEIGHT,
+                   estimate_radius: int = DEFAULT_ESTIMATE_RADIUS, temporal: bool = True,
                    rate: float = 25.0) -> Iterator[RestoredFrame]:
     """Restore the faces of consecutive frames (HxWx3 uint8 RGB arrays, or `DecodedFrame`s), in order.
 
     `name` names the random streams (the command line passes the video's relative path);
-    `radius`: landmarks averaged over up to 2 * radius + 1 frames (0: as detected); `rate` gives
-    array frames their times. `temporal=False`: each frame on its own (see the module docstring).
+    `detection_weight` in (0, 1]: how far the landmarks move towards each detection (1: as detected);
+    `estimate_radius`: the estimator's outputs of a track averaged over up to 2 * estimate_radius + 1
+    frames (0: each frame's own); `rate` gives array frames their times. `temporal=False`: each
+    frame on its own (see the module docstring).
     """
-    method = method or restorer.method
-    seed = restorer.cfg.seed if seed is None else int(seed)
-    tracker, smoother = FaceTracker(), TrackSmoother(radius if temporal else 0)
-    waiting: deque[_Frame] = deque()   # detected, waiting for the frames after them
-    ready: list = []                   # (frame, PhotoInput) aligned, waiting for a batch
-    batch = restorer.cfg.batch_size
-    for n, frame in enumerate(frames):
-        if not isinstance(frame, DecodedFrame):
-            frame = DecodedFrame(n, n / rate, frame)
-        waiting.append(_detect(restorer, frame, tracker, smoother, only_center_face))
-        while waiting and waiting[0].index + smoother.radius <= frame.index:
-            ready.append(_align(restorer, waiting.popleft(), smoother, name, upscale, allow_downscale, draw_box,
-                                temporal))
-            smoother.forget_before(ready[-1][0].index)
-            if sum(p.num_faces for _, p in ready) >= batch or len(ready) >= batch:
-                yield from _finish(restorer, ready, method, seed)
-    while waiting:
-        ready.append(_align(restorer, waiting.popleft(), smoother, name, upscale, allow_downscale, draw_box, temporal))
-    yield from _finish(restorer, ready, method, seed)
+    run = _Settings(name, method or restorer.sampling(eta=VIDEO_ETA if temporal else None), restorer.cfg.seed if seed is None else int(seed), upscale,
+                    allow_downscale, draw_box, temporal)
+    tracker = FaceTracker()
+    motion = MotionFilter(detection_weight) if temporal and detection_weight < 1 else None
+    estimates = TrackWindow(estimate_radius if temporal else 0)
+
+    def decoded():
+        for n, frame in enumerate(frames):
+            yield frame if isinstance(frame, DecodedFrame) else DecodedFrame(n, n / rate, frame)
+
+    aligned = (_align(restorer, _detect(restorer, f, tracker, motion, only_center_face), estimates, run)
+               for f in decoded())
+    ready: list[_Frame] = []
+    for frame in _lookahead(aligned, estimates.radius):
+        frame.estimates = (torch.stack([torch.stack(estimates.centred(frame.index, t)).mean(0) for t in frame.tracks])
+                           if frame.tracks else None)
+        estimates.forget_before(frame.index)
+        ready.append(frame)
+        if sum(len(f.tracks) for f in ready) >= restorer.cfg.batch_size or len(ready) >= restorer.cfg.batch_size:
+            yield from _finish(restorer, ready, run)
+    yield from _finish(restorer, ready, run)
 
 
-def _detect(restorer, frame: DecodedFrame, tracker, smoother, only_center_face: bool) -> _Frame:
+def _detect(restorer, frame: DecodedFrame, tracker, motion, only_center_face: bool) -> _Frame:
     start = time.perf_counter()
     image = frame.image
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
@@ -131,57 +170,66 @@ def _detect(restorer, frame: DecodedFrame, tracker, smoother, only_center_face: 
         centre = np.array([image.shape[1] - 1, image.shape[0] - 1]) / 2
         found = [min(found, key=lambda f: float(np.linalg.norm(f.box.reshape(2, 2).mean(0) - centre)))]
     ids = tracker.update(found)
-    smoother.add(frame.index, ids, found)
-    return _Frame(frame.index, frame.time, image, found, skipped, ids, time.perf_counter() - start)
+    frame = _Frame(frame.index, frame.time, image, found, skipped, ids, 0.0)
+    frame.steady = motion.update(image, ids, found) if motion is not None else found
+    frame.seconds = time.perf_counter() - start
+    return frame
 
 
-def _align(restorer, frame: _Frame, smoother, name: str, upscale: int, allow_downscale: bool, draw_box: bool,
-           temporal: bool):
-    """Crops of the frame's faces at their smoothed landmarks and the upscaled background."""
+def _align(restorer, frame: _Frame, estimates, run: _Settings) -> _Frame:
+    """Crops of the frame's faces at their filtered landmarks, their estimates and the upscaled background."""
     start = time.perf_counter()
     cfg = restorer.cfg
     template = np.asarray(cfg.face.template, dtype=np.float32)
     ffhq = is_ffhq_template(template, cfg.face.template_size)
-    faces, kept, crops, affines, keys, tracks, sizes = [], [], [], [], [], [], {}
-    for k, (face, track) in enumerate(zip(frame.faces, frame.ids)):
-        lm5, lm68 = smoother.smoothed(frame.index, track)
+    faces, kept, crops, affines, keys, sizes = [], [], [], [], [], {}
+    for k, (face, steady, track) in enumerate(zip(frame.faces, frame.steady, frame.ids)):
+        lm5, lm68 = steady.landmarks5, steady.landmarks68
         if ffhq and lm68 is not None:
             crop, affine = align_face_ffhq(frame.image, lm68, cfg.image_size, list(cfg.face.border_value))
         else:
             crop, affine = align_face(frame.image, lm5, face_size=cfg.image_size, template=template,
                                       template_size=cfg.face.template_size, border_value=list(cfg.face.border_value))
         sizes[id(face)] = cfg.image_size / np.sqrt(abs(np.linalg.det(affine[:, :2])))
-        if sizes[id(face)] > MAX_DOWNSCALE * cfg.image_size and not allow_downscale:
+        if sizes[id(face)] > MAX_DOWNSCALE * cfg.image_size and not run.allow_downscale:
             kept.append(face)
             continue
         faces.append(face)
         crops.append(crop)
         affines.append(affine)
-        tracks.append(track)
-        keys.append(f"{name}#track{track}" if temporal else f"{name}#frame{frame.index}#face{k}")
-    background = restorer.background(upscale)(frame.image, upscale)
+        frame.tracks.append(track)
+        keys.append(f"{run.name}#track{track}" if run.temporal else f"{run.name}#frame{frame.index}#face{k}")
+    background = restorer.background(run.upscale)(frame.image, run.upscale)
     result = PhotoResult(images=[background], faces=faces, skipped=frame.skipped, kept=kept, sizes=sizes,
                          crops=crops)
     tensor = torch.stack([uint8_to_tensor(c) for c in crops]) if crops else None
-    pending = PendingPhoto(result, tensor, keys, affines, upscale, draw_box)
+    frame.pending = PendingPhoto(result, tensor, keys, affines, run.upscale, run.draw_box)
+    if crops:
+        with torch.no_grad():
+            own = run.method.estimate_input(tensor.to(restorer.device)).float().cpu()
+        for track, estimate in zip(frame.tracks, own):
+            estimates.add(frame.index, track, estimate)
     frame.seconds += time.perf_counter() - start
-    frame.tracks = tracks
-    return frame, pending
+    return frame
 
 
-def _finish(restorer, ready: list, method, seed: int) -> Iterator[RestoredFrame]:
-    """Restore the faces of the frames that wait, together, and paste them back (grey frames stay grey)."""
+def _finish(restorer, ready: list[_Frame], run: _Settings) -> Iterator[RestoredFrame]:
+    """Sample the faces of the frames that wait, together, from their (averaged) estimates, and paste
+    them back (grey frames stay grey)."""
     if not ready:
         return
     start = time.perf_counter()
-    crops = [p.crops for _, p in ready if p.num_faces]
-    keys = [k for _, p in ready for k in p.keys]
-    restored = restorer.restore_crops(method, torch.cat(crops), keys, seed, 1)[0][0] if crops else None
+    keys = [k for f in ready for k in f.pending.keys]
+    restored = None
+    if keys:
+        crops = torch.cat([f.pending.crops for f in ready if f.tracks])
+        estimates = torch.cat([f.estimates for f in ready if f.tracks])
+        restored = _sample(restorer, run, crops, estimates, keys)
     share = (time.perf_counter() - start) / max(1, len(keys))
     done, first = [], 0
-    for frame, pending in ready:
-        began, count = time.perf_counter(), pending.num_faces
-        photo = finish_photo(pending, [restored[first:first + count]] if count else [])
+    for frame in ready:
+        began, count = time.perf_counter(), len(frame.tracks)
+        photo = finish_photo(frame.pending, [restored[first:first + count]] if count else [])
         first += count
         image = photo.images[0]
         if is_grey(uint8_to_tensor(frame.image)):
@@ -192,6 +240,18 @@ def _finish(restorer, ready: list, method, seed: int) -> Iterator[RestoredFrame]
     yield from done
 
 
+def _sample(restorer, run: _Settings, crops: torch.Tensor, estimates: torch.Tensor, keys: list[str]) -> torch.Tensor:
+    """DifFace from given estimates, `batch_size` faces at a time, each face from the generator of its key
+    (sample 0, as `Restorer.restore_crops` draws). crops, estimates: (F, 3, S, S) [0, 1]; returns the samples."""
+    out, size, device = [], restorer.cfg.batch_size, restorer.device
+    for i in range(0, len(keys), size):
+        generators = [image_generator(run.seed, key, 0) for key in keys[i:i + size]]
+        result = run.method.restore(crops[i:i + size].to(device), generator=generators,
+                                    estimate=estimates[i:i + size].to(device))
+        out.append(result.sample.cpu())
+    return torch.cat(out)
+
+
 Progress = Callable[[int, int], None]  # (frames done, frames expected; 0 when unknown)
 
 
@@ -200,7 +260,8 @@ def restore_video(restorer, path, out_path, *, name: str | None = None, start: f
                   seed: int | None = None, start_step: int | None = None, steps: int | None = None,
                   sampler: str | None = None, eta: float | None = None, upscale: int = 2,
                   only_center_face: bool = False, allow_downscale: bool = False, draw_box: bool = False,
-                  radius: int = DEFAULT_RADIUS, temporal: bool = True) -> VideoResult:
+                  detection_weight: float = DEFAULT_DETECTION_WEIGHT,
+                  estimate_radius: int = DEFAULT_ESTIMATE_RADIUS, temporal: bool = True) -> VideoResult:
     """Restore a video file into `out_path` (an MP4; see `datapipe.video` for the format rules).
 
     Raises `VideoError` for a file that is not a readable video or whose output would be too large
@@ -208,7 +269,7 @@ def restore_video(restorer, path, out_path, *, name: str | None = None, start: f
     """
     path, out_path = Path(path), Path(out_path)
     name = name or path.name
-    method = restorer.sampling(start_step, steps, sampler, eta)
+    method = restorer.sampling(start_step, steps, sampler, VIDEO_ETA if eta is None and temporal else eta)
     info = probe_video(path)
     w, h = info.width * upscale, info.height * upscale
     if w * h > restorer.max_output_pixels:
@@ -226,7 +287,8 @@ def restore_video(restorer, path, out_path, *, name: str | None = None, start: f
         frames = read_frames(path, start, end, max_frames)
         for frame in restore_frames(restorer, frames, name, seed=seed, method=method, upscale=upscale,
                                     only_center_face=only_center_face, allow_downscale=allow_downscale,
-                                    draw_box=draw_box, radius=radius, temporal=temporal):
+                                    draw_box=draw_box, detection_weight=detection_weight,
+                                    estimate_radius=estimate_radius, temporal=temporal):
             writer.write(frame.image, frame.time - start)
             result.frames += 1
             result.faces_per_frame.append(len(frame.photo.faces))

@@ -11,7 +11,7 @@ import pytest
 
 import difface
 from datapipe.faces import Face
-from datapipe.tracks import FaceTracker, TrackSmoother
+from datapipe.tracks import FaceTracker, MotionFilter, TrackWindow, face_motion
 from datapipe.video import VideoError, probe_video, read_frames
 from difface import cli
 from difface.video import restore_frames
@@ -179,21 +179,46 @@ def test_tracker_follows_moving_faces_and_starts_new_tracks():
     assert tracker.update([_face(104)]) == [3]
 
 
-def test_smoothing_keeps_steady_motion_and_averages_jitter():
+def _textured_frames(shifts) -> list:
+    """Frames whose content (a smooth random texture) sits at the given whole-pixel (dx, dy) offsets."""
+    rng = np.random.default_rng(1)
+    texture = cv2.GaussianBlur((rng.random((160, 200, 3)) * 255).astype(np.uint8), (0, 0), 2)
+    return [np.ascontiguousarray(texture[20 - dy:140 - dy, 20 - dx:180 - dx]) for dx, dy in shifts]
+
+
+def test_face_motion_is_measured_to_a_fraction_of_a_pixel():
+    frames = _textured_frames([(0, 0), (3, -2)])
+    grey = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY).astype(np.float32) for f in frames]
+    shift, match = face_motion(grey[0], grey[1], np.array([50, 30, 110, 90]))
+    assert np.abs(shift - [3, -2]).max() < 0.1 and match > 0.9
+
+
+def test_filtered_landmarks_follow_the_motion_and_drop_the_jitter():
     rng = np.random.default_rng(0)
-    smoother = TrackSmoother(radius=3)
+    path = [(round(6 * np.sin(t / 3)), round(3 * np.sin(t / 2))) for t in range(20)]
+    frames = _textured_frames(path)
     jitter = rng.normal(0, 1.5, (20, 5, 2))
+    motion = MotionFilter(0.2)
+    truth = [_face(60 + dx, 40 + dy).landmarks5 for dx, dy in path]
+    kept = [motion.update(frames[t], [0], [_face(60 + dx, 40 + dy, jitter=jitter[t])])[0].landmarks5
+            for t, (dx, dy) in enumerate(path)]
+    offset = np.array([k - tr for k, tr in zip(kept, truth)]).mean(axis=1)  # (20, 2) error of the crop's place
+    raw = np.abs(np.diff(jitter.mean(axis=1), axis=0)).mean()
+    assert np.abs(np.diff(offset[5:], axis=0)).mean() < 0.25 * raw  # steadier than the detections by far
+    assert np.abs(offset[5:]).max() < 1.5  # and not drifting away from them
+    still = MotionFilter(0.2)  # identical frames and detections: identical landmarks
+    assert all(np.array_equal(still.update(frames[0], [0], [_face(60, 40)])[0].landmarks5, _face(60, 40).landmarks5)
+               for _ in range(3))
+
+
+def test_estimate_window_is_centred_and_forgets():
+    window = TrackWindow(radius=3)
     for t in range(20):
-        smoother.add(t, [0], [_face(10 + 2 * t, jitter=jitter[t])])
-    exact = TrackSmoother(radius=3)
-    for t in range(20):
-        exact.add(t, [0], [_face(10 + 2 * t)])
-    truth = [_face(10 + 2 * t).landmarks5 for t in range(20)]
-    for t in range(20):  # steady motion (no jitter) comes back exactly, ends included
-        assert np.allclose(exact.smoothed(t, 0)[0], truth[t], atol=1e-4)
-    raw = np.mean([np.abs(jitter[t]).mean() for t in range(3, 17)])
-    smooth = np.mean([np.abs(smoother.smoothed(t, 0)[0] - truth[t]).mean() for t in range(3, 17)])
-    assert smooth < 0.5 * raw  # a 7-frame mean: about 1 / sqrt(7) of the jitter
+        window.add(t, 0, t)
+    assert window.centred(0, 0) == [0] and window.centred(1, 0) == [1, 0, 2] and len(window.centred(9, 0)) == 7
+    assert np.mean(window.centred(18, 0)) == 18  # symmetric: a steady change keeps its value
+    window.forget_before(10)
+    assert min(window.values[0]) == 7
 
 
 @pytest.fixture(scope="module")
