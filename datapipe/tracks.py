@@ -147,12 +147,13 @@ class MotionFilter:
 
     A detector's landmarks on a degraded frame jitter by a pixel or more; the motion of a face
     between two consecutive frames (`face_motion` over its box) is measured far more precisely
-    (about 0.1 px on the degraded clip of docs/video.md). Per track: predicted = last landmarks + that motion; kept = predicted + `weight` *
-    (detected - predicted), so the landmarks move exactly with the face and the detector's jitter is
-    averaged out (about `weight` / (2 - `weight`) of its variance remains), and a still face stays
-    still. A new track starts as the running mean of its detections (gain 1/n in its n-th frame)
-    until the gain falls to `weight`. A motion that matches poorly (correlation below `min_match`, e.g. a turn or a cut)
-    restarts from the detection, as does a track not seen in the previous frame.
+    (about 0.1 px on the degraded clip of docs/video.md). Per track: predicted = last landmarks +
+    that motion; kept = predicted + `weight` * (detected - predicted), so the landmarks move with
+    the face and the detector's jitter is averaged out (about `weight` / (2 - `weight`) of its
+    variance remains), and a still face stays still. A new track starts as the running mean of its
+    detections (gain 1/n in its n-th frame) until the gain falls to `weight`. A motion that matches
+    poorly (correlation below `min_match`: a turn of the head, a cut) restarts from the detection,
+    as does a track not seen in the previous frame.
     """
 
     def __init__(self, weight: float = 0.2, min_match: float = 0.5):

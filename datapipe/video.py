@@ -162,7 +162,8 @@ def read_frames(path, start: float = 0.0, end: float | None = None,
             container.seek(int((start + float(origin)) / tb), stream=stream, backward=True)
         try:
             for frame in container.decode(stream):
-                time = float(frame.pts * tb - origin) if frame.pts is not None else count / float(stream.average_rate or 25)
+                rate = float(stream.average_rate or 25)
+                time = float(frame.pts * tb - origin) if frame.pts is not None else count / rate
                 if time < start - 1e-6:
                     continue
                 if (end is not None and time >= end - 1e-6) or (max_frames is not None and count >= max_frames):

@@ -28,7 +28,7 @@ from pathlib import Path
 from datapipe.limits import MAX_DOWNSCALE
 
 from .cli_help import HelpFormatter, at_least, positive, preset_table
-from .cli_video import add_video_arguments, check_video_args, is_video_job, plan_inputs, run_videos
+from .cli_video import add_video_arguments, check_video_args, plan_inputs, run_videos, split_videos
 
 DEFAULT_CFG = "difface_ffhq512"  # the paper's model; the bundled demonstration: --cfg demo
 INPAINT_CFG = "inpaint_ffhq256"
@@ -326,9 +326,9 @@ def run(cfg, jobs, args) -> dict:
             todo.append(job)
     if skipped := len(jobs) - len(todo):
         log(f"skipped {skipped} input(s) whose outputs exist (--overwrite replaces them)")
-    videos = [job for job in todo if is_video_job(job)]
-    photos = [job for job in todo if job not in videos]
-    with tqdm(total=len(photos), desc="faces" if args.aligned else "photos", file=sys.stderr, disable=not photos) as bar:
+    photos, videos = split_videos(todo)
+    with tqdm(total=len(photos), desc="faces" if args.aligned else "photos", file=sys.stderr,
+              disable=not photos) as bar:
         if args.aligned:
             run_aligned(restorer, todo, bar, args)
         else:

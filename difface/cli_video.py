@@ -59,16 +59,18 @@ def plan_inputs(src: Path, out: Path, args: argparse.Namespace, plan_images) -> 
     else:
         return plan_images()
     images = plan_images() if src.is_dir() and (list_images(src, args.recursive) or not videos) else []
-    jobs = [Job(source=v, key=v.relative_to(root).as_posix(), stem=stem, outputs=[out / stem.with_name(stem.name + ".mp4")])
+    jobs = [Job(source=v, key=v.relative_to(root).as_posix(), stem=stem, outputs=[out / f"{stem}.mp4"])
             for v, stem in zip(videos, unique_stems(root, videos))]
     check_side_folders(jobs, out, [(name, "") for name in ("restored_image", "cmp", "cropped_faces", "restored_faces")])
     check_not_inputs(jobs, videos)
     return images + jobs
 
 
-def is_video_job(job) -> bool:
+def split_videos(jobs: list) -> tuple[list, list]:
+    """(the image jobs, the video jobs)."""
     from datapipe.video import is_video_file
-    return is_video_file(job.source)
+    videos = [job for job in jobs if is_video_file(job.source)]
+    return [job for job in jobs if job not in videos], videos
 
 
 def run_videos(restorer, jobs: list, args: argparse.Namespace) -> None:
@@ -91,11 +93,12 @@ def run_videos(restorer, jobs: list, args: argparse.Namespace) -> None:
 
             start = time.perf_counter()
             try:
-                result, warned = warn_relay(restorer.restore_video, job.source, job.outputs[0], name=job.key, start=args.start,
-                                 end=args.end, max_frames=args.max_frames, progress=progress, upscale=args.upscale,
-                                 only_center_face=args.only_center_face, allow_downscale=args.allow_downscale,
-                                 draw_box=args.draw_box, eta=args.eta, detection_weight=args.detection_weight,
-                                 estimate_radius=args.temporal_estimate)
+                result, warned = warn_relay(
+                    restorer.restore_video, job.source, job.outputs[0], name=job.key, start=args.start, end=args.end,
+                    max_frames=args.max_frames, progress=progress, upscale=args.upscale,
+                    only_center_face=args.only_center_face, allow_downscale=args.allow_downscale,
+                    draw_box=args.draw_box, eta=args.eta, detection_weight=args.detection_weight,
+                    estimate_radius=args.temporal_estimate)
             except InputError as e:
                 job.record.update(status="failed", error=str(e))
                 log(f"error: {e}")

@@ -136,8 +136,8 @@ def restore_frames(restorer, frames: Iterable[np.ndarray | DecodedFrame], name: 
     frames (0: each frame's own); `rate` gives array frames their times. `temporal=False`: each
     frame on its own (see the module docstring).
     """
-    run = _Settings(name, method or restorer.sampling(eta=VIDEO_ETA if temporal else None), restorer.cfg.seed if seed is None else int(seed), upscale,
-                    allow_downscale, draw_box, temporal)
+    run = _Settings(name, method or restorer.sampling(eta=VIDEO_ETA if temporal else None),
+                    restorer.cfg.seed if seed is None else int(seed), upscale, allow_downscale, draw_box, temporal)
     tracker = FaceTracker()
     motion = MotionFilter(detection_weight) if temporal and detection_weight < 1 else None
     estimates = TrackWindow(estimate_radius if temporal else 0)
