@@ -158,6 +158,10 @@ def test_a_folder_plans_videos_beside_images(clips, tiny_cfg, tmp_path, capsys):
                  "walk.mp4 -> " + str(tmp_path / "out" / "walk_mp4.mp4")):
         assert line in planned
     assert cli.main(["-i", str(folder / "walk.mp4"), "-o", str(tmp_path / "o"), "--aligned", "--dry-run"]) == 2
+    for wrong in (["--detection-weight", "0"], ["--start", "2", "--end", "1"], ["--max-frames", "0"]):
+        with pytest.raises(SystemExit) as stop:
+            cli.main(["-i", str(folder), "-o", str(tmp_path / "o"), "--dry-run", *wrong])
+        assert stop.value.code == 2
 
 
 # ------------------------------------------------------------------ temporal consistency
@@ -234,12 +238,15 @@ def test_a_still_face_is_restored_identically_in_every_frame(tiny):
     assert not np.array_equal(apart[0], apart[1])  # frames on their own draw other noise
 
 
-def test_frames_do_not_depend_on_the_batch_size(tiny, tiny_cfg):
+@pytest.mark.parametrize("estimate_radius", [0, 2])
+def test_frames_do_not_depend_on_the_batch_size(tiny, tiny_cfg, estimate_radius):
     frames = face_frames(4, step=3)
     wide = difface.Restorer(str(tiny_cfg), device="cpu", overrides=["batch_size=3"])
-    one = [f.image for f in restore_frames(tiny, frames, "walk.mp4", allow_downscale=True)]
-    three = [f.image for f in restore_frames(wide, frames, "walk.mp4", allow_downscale=True)]
-    assert all(np.array_equal(a, b) for a, b in zip(one, three))
+    one = [f.image for f in restore_frames(tiny, frames, "walk.mp4", allow_downscale=True,
+                                           estimate_radius=estimate_radius)]
+    three = [f.image for f in restore_frames(wide, frames, "walk.mp4", allow_downscale=True,
+                                             estimate_radius=estimate_radius)]
+    assert len(one) == 4 and all(np.array_equal(a, b) for a, b in zip(one, three))
 
 
 # ------------------------------------------------------------------ awkward inputs
