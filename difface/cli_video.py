@@ -16,7 +16,8 @@ from .cli_help import at_least
 
 
 def add_video_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("videos (.mp4 .mov .mkv .avi .webm inputs: OUT/<stem>.mp4, H.264, audio copied)")
+    g = p.add_argument_group("videos (.mp4 .mov .mkv .avi .webm inputs: OUT/<stem>.mp4, H.264, audio copied)",
+                             "each face is tracked with one noise stream per track; eta is 0 unless --eta is given")
     g.add_argument("--start", type=float, default=0.0, metavar="S", help="restore from this time (seconds)")
     g.add_argument("--end", type=float, default=None, metavar="S", help="restore up to this time (seconds)")
     g.add_argument("--max-frames", type=at_least(1), default=None, metavar="N",
