@@ -30,7 +30,6 @@ from datapipe.image_io import (ImageReadError, image_size, is_grey, read_image, 
 from datapipe.photos import (MIN_PHOTO_SIDE, PendingPhoto, PhotoResult, PhotoTooLarge, check_output_size,
                              finish_photo, prepare_photo)
 from models.difface import DifFace, image_generator, resize_mask
-
 from models.runtime import pick_device, pick_dtype
 
 from .pipeline import ConfigError, InferenceConfig, build_networks, load_config, make_difface, validate
@@ -131,8 +130,8 @@ class Restorer:
     Whole-photo settings: `detector` (hog, cnn, retinaface), `det_threshold`, `min_face_size`,
     `bg_upsampler` (lanczos, realesrgan), `bg_weights`, `bg_tile`. Limits: `max_pixels` for an input
     image, `max_output_pixels` for a restored photo (both checked from the header, before decoding).
-    `notes` lists what was changed
-    from what was asked (e.g. a precision without fast kernels on this device).
+    `notes` lists what was changed from what was asked (e.g. a precision without fast kernels on
+    this device).
     """
 
     def __init__(self, cfg: str | InferenceConfig = "difface_ffhq512", device: str | torch.device = "auto",
