@@ -221,3 +221,14 @@ def check_writable(out: Path) -> None:
     except OSError as e:
         where = f"the output folder {out}" if probe == out else f"{probe} (to create the output folder {out})"
         raise PlanError(f"cannot write to {where}: {e.strerror or e}") from None
+
+
+def summarise(jobs: list[Job]) -> dict:
+    """Counts of the jobs by status, and seconds per image and per video frame of those restored."""
+    counts = {s: sum(j.record.get("status") == s for j in jobs) for s in ("done", "no face", "skipped", "failed")}
+    done = [j.record for j in jobs if j.record.get("status") in ("done", "no face")]
+    images, frames = [r for r in done if r.get("kind") != "video"], [r for r in done if r.get("kind") == "video"]
+    counts["seconds_per_image"] = round(sum(r["seconds"] for r in images) / len(images), 3) if images else None
+    counts["seconds_per_frame"] = (round(sum(r["seconds"] for r in frames) / max(1, sum(r["frames"] for r in frames)), 3)
+                                   if frames else None)
+    return counts

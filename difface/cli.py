@@ -334,14 +334,8 @@ def run(cfg, jobs, args) -> dict:
         else:
             run_photos(restorer, photos, bar, args)
     run_videos(restorer, videos, args)
+    from datapipe.jobs import summarise
     return summarise(jobs)
-
-
-def summarise(jobs) -> dict:
-    counts = {s: sum(j.record.get("status") == s for j in jobs) for s in ("done", "no face", "skipped", "failed")}
-    done = [j.record["seconds"] for j in jobs if j.record.get("status") in ("done", "no face")]
-    counts["seconds_per_image"] = round(sum(done) / len(done), 3) if done else None
-    return counts
 
 
 def write_manifest(out: Path, cfg, jobs, summary: dict) -> Path:
@@ -368,7 +362,7 @@ def _raise_terminated(signum, frame):
 def main(argv=None) -> int:
     args = parse_args(argv)
 
-    from datapipe.jobs import PlanError, check_writable, plan_jobs
+    from datapipe.jobs import PlanError, check_writable, plan_jobs, summarise
     from datapipe.shards import Rank, run_sharded
     from models.checkpoint import WeightsError
     from models.runtime import DeviceError
@@ -421,7 +415,8 @@ def main(argv=None) -> int:
     if summary is None:  # a rank other than 0 under torchrun: rank 0 writes the manifest
         return 0
     manifest = write_manifest(out, cfg, jobs, summary)
-    speed = f"; {summary['seconds_per_image']} s per image" if summary["seconds_per_image"] is not None else ""
+    speed = "".join(f"; {summary[f'seconds_per_{kind}']} s per {kind}" for kind in ("image", "frame")
+                    if summary[f"seconds_per_{kind}"] is not None)
     print(f"done {summary['done']}, no face {summary['no face']}, skipped {summary['skipped']}, "
           f"failed {summary['failed']}{speed}; manifest: {manifest}", file=sys.stderr)
     return 1 if summary["failed"] else 0

@@ -28,8 +28,11 @@ batch size.
 """
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from collections import deque
+from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -127,14 +130,16 @@ def restore_frames(restorer, frames: Iterable[np.ndarray | DecodedFrame], name: 
                    method=None, upscale: int = 2, only_center_face: bool = False, allow_downscale: bool = False,
                    draw_box: bool = False, detection_weight: float = DEFAULT_DETECTION_WEIGHT,
                    estimate_radius: int = DEFAULT_ESTIMATE_RADIUS, temporal: bool = True,
-                   rate: float = 25.0) -> Iterator[RestoredFrame]:
+                   rate: float = 25.0, overlap: bool = True) -> Iterator[RestoredFrame]:
     """Restore the faces of consecutive frames (HxWx3 uint8 RGB arrays, or `DecodedFrame`s), in order.
 
     `name` names the random streams (the command line passes the video's relative path);
     `detection_weight` in (0, 1]: how far the landmarks move towards each detection (1: as detected);
     `estimate_radius`: the estimator's outputs of a track averaged over up to 2 * estimate_radius + 1
     frames (0: each frame's own); `rate` gives array frames their times. `temporal=False`: each
-    frame on its own (see the module docstring).
+    frame on its own (see the module docstring). `overlap`: frames are drawn from `frames` (decoded)
+    and their faces detected and tracked by a background thread, while the faces of earlier frames
+    are restored (dlib, PyAV and torch release the interpreter lock); the pixels are the same without.
     """
     run = _Settings(name, method or restorer.sampling(eta=VIDEO_ETA if temporal else None),
                     restorer.cfg.seed if seed is None else int(seed), upscale, allow_downscale, draw_box, temporal)
@@ -146,17 +151,20 @@ def restore_frames(restorer, frames: Iterable[np.ndarray | DecodedFrame], name: 
         for n, frame in enumerate(frames):
             yield frame if isinstance(frame, DecodedFrame) else DecodedFrame(n, n / rate, frame)
 
-    aligned = (_align(restorer, _detect(restorer, f, tracker, motion, only_center_face), estimates, run)
-               for f in decoded())
-    ready: list[_Frame] = []
-    for frame in _lookahead(aligned, estimates.radius):
-        frame.estimates = (torch.stack([torch.stack(estimates.centred(frame.index, t)).mean(0) for t in frame.tracks])
-                           if frame.tracks else None)
-        estimates.forget_before(frame.index)
-        ready.append(frame)
-        if sum(len(f.tracks) for f in ready) >= restorer.cfg.batch_size or len(ready) >= restorer.cfg.batch_size:
-            yield from _finish(restorer, ready, run)
-    yield from _finish(restorer, ready, run)
+    detected = (_detect(restorer, f, tracker, motion, only_center_face) for f in decoded())
+    detected = _prefetched(detected) if overlap else detected
+    try:
+        ready: list[_Frame] = []
+        for frame in _lookahead((_align(restorer, f, estimates, run) for f in detected), estimates.radius):
+            frame.estimates = (torch.stack([torch.stack(estimates.centred(frame.index, t)).mean(0)
+                                            for t in frame.tracks]) if frame.tracks else None)
+            estimates.forget_before(frame.index)
+            ready.append(frame)
+            if sum(len(f.tracks) for f in ready) >= restorer.cfg.batch_size or len(ready) >= restorer.cfg.batch_size:
+                yield from _finish(restorer, ready, run)
+        yield from _finish(restorer, ready, run)
+    finally:
+        detected.close()  # stops the thread now, also when the caller stops early or fails
 
 
 def _detect(restorer, frame: DecodedFrame, tracker, motion, only_center_face: bool) -> _Frame:
@@ -253,6 +261,88 @@ def _sample(restorer, run: _Settings, crops: torch.Tensor, estimates: torch.Tens
 
 
 Progress = Callable[[int, int], None]  # (frames done, frames expected; 0 when unknown)
+_END = object()
+QUEUE_FRAMES = 8  # decoded frames waiting for the restoration, restored frames waiting for the encoder
+
+
+def _put(q: queue.Queue, item, stop: threading.Event) -> bool:
+    """Put `item` on `q`, waiting while it is full, unless `stop` is set first; whether it was put."""
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.05)
+            return True
+        except queue.Full:
+            pass
+    return False
+
+
+def _prefetched(items: Iterator, depth: int | None = None) -> Iterator:
+    """The items of `items`, drawn by a background thread up to `depth` (QUEUE_FRAMES) ahead. The
+    thread's exception is raised here; closing this generator stops the thread and closes `items`."""
+    q: queue.Queue = queue.Queue(maxsize=depth or QUEUE_FRAMES)
+    stop = threading.Event()
+
+    def draw() -> None:
+        try:
+            for item in items:
+                if not _put(q, (item, None), stop):
+                    return
+            _put(q, (_END, None), stop)
+        except BaseException as e:  # handed to the consumer
+            _put(q, (_END, e), stop)
+        finally:
+            getattr(items, "close", lambda: None)()
+
+    thread = threading.Thread(target=draw, name="difface-decode", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = q.get()
+            if item is _END:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
+@contextmanager
+def _encoder(writer: VideoWriter, depth: int | None = None):
+    """A `write(image, time)` that hands the frames to a thread encoding them with `writer`, so that
+    encoding overlaps the restoration of the next frames. Leaving the block waits for the last frame;
+    an encoding error is raised at the next write or there. On an exception the queued frames are
+    dropped (the writer then discards its file)."""
+    q: queue.Queue = queue.Queue(maxsize=depth or QUEUE_FRAMES)
+    stop, failed = threading.Event(), []
+
+    def encode() -> None:
+        try:
+            while (item := q.get()) is not _END and not stop.is_set():
+                writer.write(*item)
+        except BaseException as e:  # raised in the restoring thread
+            failed.append(e)
+            stop.set()
+
+    def write(image: np.ndarray, time: float) -> None:
+        if failed or not _put(q, (image, time), stop):
+            raise failed[0]
+
+    thread = threading.Thread(target=encode, name="difface-encode", daemon=True)
+    thread.start()
+    try:
+        yield write
+    except BaseException:
+        stop.set()
+        with suppress(queue.Full):  # wakes the thread if it waits for a frame
+            q.put_nowait(_END)
+        thread.join()
+        raise
+    if _put(q, _END, stop):
+        thread.join()
+    if failed:
+        raise failed[0]
 
 
 def restore_video(restorer, path, out_path, *, name: str | None = None, start: float = 0.0,
@@ -261,8 +351,12 @@ def restore_video(restorer, path, out_path, *, name: str | None = None, start: f
                   sampler: str | None = None, eta: float | None = None, upscale: int = 2,
                   only_center_face: bool = False, allow_downscale: bool = False, draw_box: bool = False,
                   detection_weight: float = DEFAULT_DETECTION_WEIGHT,
-                  estimate_radius: int = DEFAULT_ESTIMATE_RADIUS, temporal: bool = True) -> VideoResult:
+                  estimate_radius: int = DEFAULT_ESTIMATE_RADIUS, temporal: bool = True,
+                  overlap: bool = True) -> VideoResult:
     """Restore a video file into `out_path` (an MP4; see `datapipe.video` for the format rules).
+
+    With `overlap` two background threads decode the frames and detect their faces, and encode the
+    restored frames, while the faces are restored (the pixels are the same without).
 
     Raises `VideoError` for a file that is not a readable video or whose output would be too large
     (`Restorer.restore_video`: `difface.InputError`); the output appears only when complete.
@@ -283,13 +377,13 @@ def restore_video(restorer, path, out_path, *, name: str | None = None, start: f
                          rotation=info.rotation)
     expected = info.frame_range(start, end, max_frames)
     with VideoWriter(out_path, info.rate, audio_from=path, start=start,
-                     end=_range_end(info, start, end, max_frames)) as writer:
-        frames = read_frames(path, start, end, max_frames)
-        for frame in restore_frames(restorer, frames, name, seed=seed, method=method, upscale=upscale,
-                                    only_center_face=only_center_face, allow_downscale=allow_downscale,
-                                    draw_box=draw_box, detection_weight=detection_weight,
-                                    estimate_radius=estimate_radius, temporal=temporal):
-            writer.write(frame.image, frame.time - start)
+                     end=_range_end(info, start, end, max_frames)) as writer, _encoding(writer, overlap) as write, \
+            closing(restore_frames(restorer, read_frames(path, start, end, max_frames), name, seed=seed, method=method,
+                                   upscale=upscale, only_center_face=only_center_face, allow_downscale=allow_downscale,
+                                   draw_box=draw_box, detection_weight=detection_weight,
+                                   estimate_radius=estimate_radius, temporal=temporal, overlap=overlap)) as restored:
+        for frame in restored:
+            write(frame.image, frame.time - start)
             result.frames += 1
             result.faces_per_frame.append(len(frame.photo.faces))
             result.tracks = max([result.tracks] + [t + 1 for t in frame.tracks])
@@ -298,6 +392,15 @@ def restore_video(restorer, path, out_path, *, name: str | None = None, start: f
                 progress(result.frames, max(expected, result.frames))
     result.codec, result.audio = writer.codec, writer.audio
     return result
+
+
+@contextmanager
+def _encoding(writer: VideoWriter, overlap: bool):
+    if overlap:
+        with _encoder(writer) as write:
+            yield write
+    else:
+        yield writer.write
 
 
 def _range_end(info, start: float, end: float | None, max_frames: int | None) -> float | None:

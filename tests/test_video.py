@@ -120,6 +120,9 @@ def test_clip_keeps_frame_count_rate_size_and_audio(clips, restored):
     assert record["status"] == "done" and record["frames"] == 5 and record["audio"] == "copied"
     assert record["faces_per_frame"] == [1] * 5 and record["tracks"] == 1 and record["seconds_per_frame"] > 0
     assert not list(restored.glob(".*.part"))
+    summary = json.loads(sorted(restored.glob("manifest_*.json"))[-1].read_text())["summary"]
+    assert summary["seconds_per_image"] is None  # a video is not an image: its time is per frame
+    assert summary["seconds_per_frame"] == pytest.approx(record["seconds"] / 5, abs=1e-3)
 
 
 def test_the_face_is_restored_where_it_is(clips, restored):
@@ -341,3 +344,91 @@ def test_a_stopped_or_refused_video_leaves_no_file(tiny, tiny_cfg, clips, tmp_pa
     with pytest.raises(VideoError, match="no frame between"):
         list(read_frames(clips / "walk.mp4", start=5.0, end=6.0))
     assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------ decoding and encoding beside the restoration
+
+def _threads() -> set:
+    import threading
+    return {t.name for t in threading.enumerate() if t.name.startswith("difface-")}
+
+
+def test_overlapped_decoding_and_encoding_give_the_same_video(tiny, clips, tmp_path, monkeypatch):
+    import threading
+
+    from datapipe import video as vio
+    from difface import video as dv
+    decoders, encoders, real_read, real_write = set(), {}, dv.read_frames, vio.VideoWriter.write
+
+    def read(*args, **kwargs):
+        for frame in real_read(*args, **kwargs):
+            decoders.add(threading.current_thread().name)
+            yield frame
+
+    def write(self, image, time):  # the frames handed to the encoder (H.264 itself may differ between runs)
+        encoders.setdefault(threading.current_thread().name, []).append((image.copy(), time))
+        real_write(self, image, time)
+    monkeypatch.setattr(dv, "read_frames", read)
+    monkeypatch.setattr(vio.VideoWriter, "write", write)
+    apart = tiny.restore_video(clips / "walk.mp4", tmp_path / "serial.mp4", allow_downscale=True, overlap=False)
+    assert decoders == {threading.main_thread().name} and list(encoders) == [threading.main_thread().name]
+    serial = encoders.pop(threading.main_thread().name)
+    decoders.clear()
+    both = tiny.restore_video(clips / "walk.mp4", tmp_path / "overlap.mp4", allow_downscale=True)
+    assert decoders == {"difface-decode"} and list(encoders) == ["difface-encode"]
+    overlapped = encoders["difface-encode"]
+    assert both.frames == apart.frames == len(overlapped) == len(serial) == 5
+    assert all(np.array_equal(a, b) and s == t for (a, s), (b, t) in zip(serial, overlapped))
+    frames, facts = decode(tmp_path / "overlap.mp4")
+    assert len(frames) == 5 and facts["audio"] == decode(tmp_path / "serial.mp4")[1]["audio"]
+    assert _threads() == set()
+
+
+@pytest.fixture
+def short_queues(monkeypatch):
+    """Queues of one frame, so that the threads wait on them when the restoration stops."""
+    from difface import video as dv
+    monkeypatch.setattr(dv, "QUEUE_FRAMES", 1)
+
+
+def test_an_encoding_error_stops_the_video_and_leaves_no_file(tiny, clips, tmp_path, monkeypatch, short_queues):
+    from datapipe import video as vio
+    real = vio.VideoWriter.write
+
+    def failing(self, image, time):
+        if self.frames == 2:
+            raise VideoError("disk full (simulated)")
+        real(self, image, time)
+    monkeypatch.setattr(vio.VideoWriter, "write", failing)
+    with pytest.raises(difface.InputError, match="disk full"):
+        tiny.restore_video(clips / "walk.mp4", tmp_path / "walk.mp4", allow_downscale=True)
+    assert list(tmp_path.iterdir()) == [] and _threads() == set()
+
+
+def test_a_decoding_error_reaches_the_caller_and_stops_the_threads(tiny, clips, tmp_path, monkeypatch, short_queues):
+    from difface import video as dv
+    real = dv.read_frames
+
+    def breaking(*args, **kwargs):
+        for frame in real(*args, **kwargs):
+            if frame.index == 3:
+                raise MemoryError("decoder out of memory (simulated)")
+            yield frame
+    monkeypatch.setattr(dv, "read_frames", breaking)
+    with pytest.raises(MemoryError, match="simulated"):
+        tiny.restore_video(clips / "walk.mp4", tmp_path / "walk.mp4", allow_downscale=True)
+    assert list(tmp_path.iterdir()) == [] and _threads() == set()
+
+
+def test_stopping_early_stops_the_threads(tiny, clips, tmp_path, short_queues):
+    def stop(done, total):
+        assert _threads() == {"difface-decode", "difface-encode"}
+        if done == 2:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        tiny.restore_video(clips / "walk.mp4", tmp_path / "walk.mp4", progress=stop, allow_downscale=True)
+    assert list(tmp_path.iterdir()) == [] and _threads() == set()
+    frames = restore_frames(tiny, face_frames(6), "walk.mp4", allow_downscale=True)
+    next(frames)
+    frames.close()  # a caller of the generator that stops after one frame
+    assert _threads() == set()
