@@ -55,6 +55,7 @@ from models.runtime import pick_device, pick_dtype  # noqa: E402
 from models.runtime import configure_backends, prepare_network  # noqa: E402
 
 MODES = ("fp32", "bf16", "fp16", "compile")
+REPO = Path(__file__).resolve().parents[1]
 
 
 # --------------------------------------------------------------------------------------------
@@ -148,8 +149,9 @@ def import_networks(checkout: str | Path, tag: str) -> dict:
         sys.path.remove(str(folder.parent))
 
 
-def forward_comparison(cfg, others: dict, device: torch.device, repeats: int) -> list[str]:
-    """Markdown rows: our forward (fp32, channels_last) vs each other checkout's, same weights and input."""
+def forward_comparison(cfg, others: dict, device: torch.device, repeats: int, times: dict | None = None) -> list[str]:
+    """Markdown rows: our forward (fp32, channels_last) vs each other checkout's, same weights and
+    input; `times` collects the seconds as {(checkout tag, 'unet' | 'swinir'): s}."""
     rows = []
     torch.manual_seed(0)
     for kind, spec in (("unet", cfg.prior), ("swinir", cfg.estimator)):
@@ -171,6 +173,9 @@ def forward_comparison(cfg, others: dict, device: torch.device, repeats: int) ->
                 outs[tag] = fn()
         with torch.inference_mode():
             best = interleaved(fns, repeats, device)
+        for tag, seconds in best.items():
+            if times is not None:
+                times[tag, kind] = seconds
         for tag in others:
             diff = (outs["this checkout"].float() - outs[tag].float()).abs().max().item()
             rows.append(f"| {kind} {cfg.image_size} | {tag} | {best[tag]:.3f} | {best['this checkout']:.3f} | "
@@ -285,6 +290,32 @@ def end_to_end(cfg, steps_cfg, device: torch.device) -> tuple[float, int, str]:
     return seconds, len(method.timesteps), dtype
 
 
+def process_seconds(cfg, fast_cfg: str, device: torch.device, threads: int | None) -> float:
+    """Wall seconds of `python inference.py --cfg FAST --aligned` on one 512 px face, from process
+    start to file written, with random weights saved as the released files are (SwinIR under
+    'params_ema', the UNet's keys with the 'module.' prefix of its training run) and passed as
+    estimator.weights / prior.weights overrides."""
+    import subprocess
+    import tempfile
+    estimator, prior = networks(cfg, torch.device("cpu"))
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        torch.save({"params_ema": estimator.state_dict()}, tmp / "swinir.pth")
+        torch.save({f"module.{k}": v for k, v in prior.state_dict().items()}, tmp / "unet.pth")
+        (tmp / "in").mkdir()
+        (tmp / "in" / "face.jpg").write_bytes((REPO / "tests/fixtures/faces/hq_aligned/ffhq_512/00000.jpg").read_bytes())
+        command = [sys.executable, str(REPO / "inference.py"), "--cfg", fast_cfg, "--aligned", "-i", str(tmp / "in"),
+                   "-o", str(tmp / "out"), "--device", device.type, f"estimator.weights={tmp / 'swinir.pth'}",
+                   f"prior.weights={tmp / 'unet.pth'}"]
+        env = dict(os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
+        start = time.perf_counter()
+        subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        seconds = time.perf_counter() - start
+        if not list((tmp / "out").rglob("face*.png")):
+            raise RuntimeError(f"{' '.join(command)} wrote no face")
+    return seconds
+
+
 # --------------------------------------------------------------------------------------------
 # CLI
 # --------------------------------------------------------------------------------------------
@@ -326,6 +357,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--end-to-end", action="store_true",
                    help="also time one real restoration (the fast preset; on CUDA also --cfg's) in the preset's "
                         "precision and in each of --modes")
+    p.add_argument("--process", action="store_true",
+                   help="also time the command line on one face with the fast preset, process start to file "
+                        "written (random weights in the released files' format), against the paper setting "
+                        "(estimator once + 100 prior evaluations) of this code and, with --official, of the "
+                        "official code's networks, timed in the same run")
     return p.parse_args(argv)
 
 
@@ -349,11 +385,21 @@ def main(argv=None) -> int:
     configure_backends(device)
     print(f"machine: {machine(device)}; torch {torch.__version__}; {cfg.image_size}x{cfg.image_size} faces, "
           f"random weights; min of {args.repeats}\n")
-    if others:
+    forwards: dict = {}
+    if others or args.process:
         print("| network | other checkout | its forward (s) | ours (s) | speed-up | max abs diff |")
         print("|---|---|---|---|---|---|")
-        for row in forward_comparison(cfg, others, device, args.repeats):
+        for row in forward_comparison(cfg, others, device, args.repeats, forwards):
             print(row, flush=True)
+        print()
+    if args.process:
+        seconds = process_seconds(cfg, args.fast_cfg, device, args.threads)
+        print(f"| {args.fast_cfg}: inference.py on one face, process start to file written | {seconds:.1f} s |")
+        print("|---|---|")
+        for tag in dict.fromkeys(t for t, _ in forwards):
+            paper = forwards[tag, "swinir"] + 100 * forwards[tag, "unet"]
+            print(f"| paper setting with the networks of {tag}: estimator + 100 prior evaluations | {paper:.1f} s "
+                  f"= {paper / seconds:.2f}x the fast preset's run |")
         print()
     if args.cache_depths:
         print("| evaluation (branch depth) | deep feature C x H x W | GMAC | of full | s (fp32, batch 1) | of full |")

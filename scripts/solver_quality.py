@@ -39,8 +39,7 @@ import torch
 
 import metrics.heldout as rs
 
-from metrics.fid import FidStats, frechet_distance  # noqa: E402
-from metrics.kid import kernel_inception_distance, polynomial_mmd2  # noqa: E402
+from metrics.kid import kernel_inception_distance  # noqa: E402
 from models.deep_cache import evaluation_macs  # noqa: E402
 from models.difface import DifFace  # noqa: E402
 from difface.pipeline import ConfigError, load_config, sampling_of  # noqa: E402
@@ -133,20 +132,9 @@ class Scores:
         paired bootstrap over the faces (both rows restore the same faces; each draw resamples the
         faces once, for the two rows and the HQ set alike). Adds '<metric>_<key>_ci' to `row`."""
         (psnr_a, feat_a), (psnr_b, feat_b) = self.kept[row["label"]], self.kept[reference["label"]]
-        hq = self.base.reference.features
-        rng = np.random.default_rng(seed)
-        deltas = {"kid": [], "psnr": [], "fid": []}
-        for _ in range(reps):
-            i = rng.integers(0, len(hq), len(hq))
-            deltas["kid"].append(1000 * (polynomial_mmd2(feat_a[i], hq[i]) - polynomial_mmd2(feat_b[i], hq[i])))
-            deltas["psnr"].append(psnr_a[i].mean() - psnr_b[i].mean())
-            if fid:
-                target = FidStats.from_features(hq[i])
-                deltas["fid"].append(frechet_distance(FidStats.from_features(feat_a[i]), target, method="fast")
-                                     - frechet_distance(FidStats.from_features(feat_b[i]), target, method="fast"))
-        for metric, values in deltas.items():
-            if values:
-                row[f"{metric}_{key}_ci"] = [float(v) for v in np.percentile(values, [2.5, 97.5])]
+        for metric, interval in rs.paired_intervals(psnr_a, feat_a, psnr_b, feat_b, self.base.reference.features,
+                                                    reps, seed, fid).items():
+            row[f"{metric}_{key}_ci"] = interval
 
 
 def cost(row: dict) -> float:

@@ -398,3 +398,18 @@ def test_solver_quality_takes_cache_rows_and_ranks_rows_by_full_evaluation_equiv
                            "selected": cached, "within_noise": None}]}
     text = sq.markdown(report)
     assert "| dpmpp_2m cache depth 1 every 3 K = 15 | 15 (= 7.2 full) |" in text and "| dpmpp_2m K = 10 | 10 |" in text
+
+
+def test_benchmark_times_the_command_line_from_process_start(tiny_cfg, capsys):
+    import sys
+
+    from conftest import REPO
+    sys.path.insert(0, str(REPO / "scripts"))
+    import benchmark
+    assert benchmark.main(["--cfg", str(tiny_cfg), "--fast-cfg", str(tiny_cfg), "--process", "--forward-only",
+                           "--repeats", "1", "--device", "cpu", "--threads", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    run = [line for line in lines if "process start to file written" in line]
+    paper = [line for line in lines if line.startswith("| paper setting with the networks of this checkout")]
+    assert len(run) == 1 and float(run[0].split("|")[2].split()[0]) > 0
+    assert len(paper) == 1 and "x the fast preset's run" in paper[0]
