@@ -137,10 +137,10 @@ class Handler:
         return Path(tempfile.mkdtemp(dir=self.workdir))
 
     def __call__(self, upload, aligned, start_step, steps, sampler, num_samples, seed, upscale, show_estimate,
-                 allow_downscale=False, progress=gr.Progress()):
+                 allow_downscale=False, progress=gr.Progress(), auto_start=False):
         try:
-            return self.restore(upload, aligned, start_step, steps, sampler, num_samples, seed, upscale,
-                                show_estimate, progress, allow_downscale)
+            return self.restore(upload, aligned, "auto" if auto_start else start_step, steps, sampler, num_samples,
+                                seed, upscale, show_estimate, progress, allow_downscale)
         except (UploadError, ConfigError, InputError, ValueError, TypeError) as e:
             message = str(e)
             if upload:  # the upload's own name, never the server's path of it
@@ -160,7 +160,8 @@ class Handler:
         except UploadError:
             raise UploadError(f"samples 1-{MAX_SAMPLES}, steps 0-{MAX_STEPS} and upscale 1-{MAX_UPSCALE} "
                               "only") from None
-        start_step = _whole_number(start_step, "start step", 0, self.cfg.diffusion.steps - 1)
+        if start_step != "auto":
+            start_step = _whole_number(start_step, "start step", 0, self.cfg.diffusion.steps - 1)
         seed = _whole_number(seed, "seed", -2 ** 63, 2 ** 63 - 1)
         progress(0, desc="estimator")
         start = time.perf_counter()
@@ -169,7 +170,10 @@ class Handler:
             steps=steps or None, sampler=str(sampler), upscale=upscale, allow_downscale=bool(allow_downscale),
             progress=lambda done, total: progress((done, total), desc=f"reverse step {done}/{total}"))
         seconds = time.perf_counter() - start
-        evals = len(self.restorer.sampling(start_step, steps or None, str(sampler)).timesteps)
+        method = self.restorer.sampling(start_step, steps or None, str(sampler))
+        chosen = [result.info.get("start_step")] if aligned else [f.start_step for f in result.faces]
+        evals = (", ".join(f"N = {n} ({len(method.with_start_step(n).timesteps)} network evaluations)" for n in chosen)
+                 if method.auto is not None else f"{len(method.timesteps)} network evaluations")
         return self.outputs(src, self.save(src, result, bool(aligned)), result, bool(aligned), show_estimate,
                             seconds, evals)
 
@@ -188,7 +192,7 @@ class Handler:
         return files
 
     def outputs(self, src: Path, files: dict, result, aligned: bool, show_estimate: bool, seconds: float,
-                evals: int):
+                evals: str):
         restored = [str(p) for p in files["samples"]]
         h, w = result.image.shape[:2]
         before = Image.fromarray(result.input)
@@ -205,7 +209,7 @@ class Handler:
             if kept:
                 what += (f"; {kept} face(s) larger than the model's {self.cfg.image_size} px left as they were "
                          "(tick 'restore large faces too' to restore them at the model's size)")
-        note = (f"{what}; {evals} network evaluations per face and sample; {seconds:.1f} s"
+        note = (f"{what}; {evals} per face and sample; {seconds:.1f} s"
                 + ("" if estimate or not show_estimate else "; the estimator output is shown for aligned faces"))
         return ((np.asarray(before), restored[0]), samples, gr.update(value=estimate, visible=estimate is not None),
                 restored[0], gr.update(value=faces, visible=not aligned), note)
@@ -224,6 +228,9 @@ def build_app(restorer: Handler) -> gr.Blocks:
                                       value=False, elem_id="aligned")
                 start_step = gr.Slider(0, cfg.diffusion.steps - 1, value=cfg.sampling.start_step, step=1,
                                        label="start step N", info=START_STEP_HELP, elem_id="start-step")
+                auto_start = gr.Checkbox(label="start step per face (auto: from the estimator's predicted error)",
+                                         value=bool(cfg.sampling.auto_start), visible=cfg.sampling.auto.weights is not None,
+                                         elem_id="auto-start")
                 steps = gr.Slider(0, MAX_STEPS, value=cfg.sampling.steps or 0, step=1,
                                   label="steps (0 = the config's grid)", elem_id="steps")
                 sampler = gr.Dropdown(sorted(SAMPLERS), value=cfg.sampling.sampler, label="sampler")
@@ -245,7 +252,7 @@ def build_app(restorer: Handler) -> gr.Blocks:
                 faces = gr.Gallery(label="faces found (input, restored)", columns=4, height=300, format="png",
                                    visible=False, elem_id="faces")
         button.click(restorer, [upload, aligned, start_step, steps, sampler, num_samples, seed, upscale, show_estimate,
-                                allow_downscale],
+                                allow_downscale, auto_start],
                      [compare, gallery, estimate, download, faces, note])
     return demo
 

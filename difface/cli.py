@@ -27,7 +27,7 @@ from pathlib import Path
 
 from datapipe.limits import MAX_DOWNSCALE
 
-from .cli_help import HelpFormatter, at_least, positive, preset_table
+from .cli_help import HelpFormatter, at_least, positive, preset_table, start_step_arg
 from .cli_video import add_video_arguments, check_video_args, plan_inputs, run_videos, split_videos
 
 DEFAULT_CFG = "difface_ffhq512"  # the paper's model; the bundled demonstration: --cfg demo
@@ -55,8 +55,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="restoration, or inpainting of masked aligned faces (default: the config's task)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. sampling.eta=1.0")
     g = p.add_argument_group("sampling (default: the preset's value, see below)")
-    g.add_argument("--start-step", type=at_least(0), metavar="N",
-                   help="base step (of 1000) the estimate is diffused to; 0 = the estimator alone")
+    g.add_argument("--start-step", type=start_step_arg, metavar="N|auto",
+                   help="base step (of 1000) the estimate is diffused to; 0 = the estimator alone; auto = for each "
+                        "face from its predicted estimator error (docs/auto_start.md)")
     g.add_argument("--steps", type=at_least(1), help="number of network evaluations from N down to 0")
     g.add_argument("--textbook-start", action="store_true",
                    help="first network call at N itself (the official code starts one grid point lower)")

@@ -31,6 +31,11 @@ def at_least(minimum: int):
     return parse
 
 
+def start_step_arg(text: str) -> int | str:
+    """An argparse type: 'auto' or an integer >= 0."""
+    return "auto" if text.strip().lower() == "auto" else at_least(0)(text)
+
+
 def positive(text: str) -> float:
     """An argparse type: a number > 0."""
     value = float(text)

@@ -20,6 +20,7 @@ from omegaconf.errors import OmegaConfBaseException
 from models import DiffusionConfig, NetworkConfig, build_network
 from models.checkpoint import REGISTRY, WeightsError, describe_missing, find_weights, load_weights, resolve_weights
 from models.diffusion import DiffusionSchedule
+from models.auto_start import AutoStart
 from models.difface import DTYPES, DifFace, SamplingConfig, known_pixel_correction
 from models.runtime import DEVICES, configure_backends, prepare_network
 from models.samplers import SAMPLERS
@@ -96,6 +97,7 @@ def load_config(name_or_path: str, overrides: Sequence[str] = ()) -> InferenceCo
         data = read_config_file(path)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    data, overrides = _auto_start(data), _auto_overrides(overrides)
     try:
         cfg = OmegaConf.merge(OmegaConf.structured(InferenceConfig), OmegaConf.create(data))
         if overrides:
@@ -108,6 +110,29 @@ def load_config(name_or_path: str, overrides: Sequence[str] = ()) -> InferenceCo
     validate(cfg)
     OmegaConf.set_readonly(cfg, True)
     return cfg
+
+
+def _auto_start(data: dict) -> dict:
+    """`sampling.start_step: auto` in a YAML -> sampling.auto_start: true (the start step stays an integer)."""
+    sampling = data.get("sampling") if isinstance(data, dict) else None
+    if isinstance(sampling, dict) and str(sampling.get("start_step")).lower() == "auto":
+        rest = {k: v for k, v in sampling.items() if k != "start_step"}
+        return {**data, "sampling": {**rest, "auto_start": True}}
+    return data
+
+
+def _auto_overrides(overrides: Sequence[str]) -> list[str]:
+    """`sampling.start_step=auto` -> `sampling.auto_start=true`; a fixed start step turns auto off."""
+    out = []
+    for override in overrides:
+        key, _, value = override.partition("=")
+        if key.strip() != "sampling.start_step":
+            out.append(override)
+        elif value.strip().lower() == "auto":
+            out.append("sampling.auto_start=true")
+        else:
+            out += [override, "sampling.auto_start=false"]
+    return out
 
 
 def validate(cfg: InferenceConfig) -> None:
@@ -146,6 +171,13 @@ def validate(cfg: InferenceConfig) -> None:
     except ValueError as e:
         raise ConfigError(f"invalid sampling settings (start_step={s.start_step}, grid={s.grid!r}, "
                           f"steps={s.steps}): {e}") from None
+    try:
+        sampling_of(cfg).auto.check(cfg.diffusion.steps)
+    except ValueError as e:
+        raise ConfigError(f"invalid value for 'sampling.{str(e).split(' ')[0]}': {e}") from None
+    if s.auto_start and s.auto.weights is None:
+        raise ConfigError(f"start step 'auto' needs an error head for '{cfg.name}': sampling.auto.weights is not set "
+                          f"(scripts/auto_start.py fits one; the demo preset has one)")
     try:
         sampling_of(cfg).full_evaluations(cfg.diffusion.steps)
     except ValueError as e:  # the scalar cache settings are checked above: the list of full steps
@@ -276,7 +308,10 @@ def make_difface(cfg: InferenceConfig, estimator, prior, dtype: str | None = Non
 def sampling_of(cfg: InferenceConfig) -> SamplingConfig:
     """The config's sampling block as a `SamplingConfig` (a plain dataclass the method takes)."""
     s = cfg.sampling
-    return s if isinstance(s, SamplingConfig) else SamplingConfig(**OmegaConf.to_container(s, resolve=True))
+    if isinstance(s, SamplingConfig):
+        return s
+    values = OmegaConf.to_container(s, resolve=True)
+    return SamplingConfig(**dict(values, auto=AutoStart(**values.get("auto") or {})))
 
 
 def correction(cfg: InferenceConfig):

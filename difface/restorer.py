@@ -54,6 +54,7 @@ class FaceResult:
     score: float
     crop: np.ndarray                # S x S x 3 uint8 RGB: the aligned input crop
     restored: list[np.ndarray]      # per sample, S x S x 3 uint8 RGB
+    start_step: int | None = None   # the face's N with `start_step: auto`
 
 
 @dataclass
@@ -171,10 +172,11 @@ class Restorer:
             precision = f"{self.dtype} for the prior at t >= {cfg.low_precision_from_step}, else fp32"
         else:
             precision = self.dtype
-        return (f"DifFace: model '{cfg.name}' on {self.device} ({precision}); N={cfg.sampling.start_step}, "
+        n = "auto (per face)" if cfg.sampling.auto_start else cfg.sampling.start_step
+        return (f"DifFace: model '{cfg.name}' on {self.device} ({precision}); N={n}, "
                 f"eta={cfg.sampling.eta}, sampler={cfg.sampling.sampler}")
 
-    def sampling(self, start_step: int | None = None, steps: int | None = None, sampler: str | None = None,
+    def sampling(self, start_step: int | str | None = None, steps: int | None = None, sampler: str | None = None,
                  eta: float | None = None, progress: Progress | None = None) -> DifFace:
         """The method with these sampling settings (None: the preset's) around the built networks.
 
@@ -183,6 +185,9 @@ class Restorer:
         """
         changes = {k: v for k, v in dict(start_step=start_step, steps=steps, sampler=sampler, eta=eta).items()
                    if v is not None}
+        if start_step is not None:  # 'auto': N per face; a number: that N for every face
+            auto = str(start_step).lower() == "auto"
+            changes.update(auto_start=auto, start_step=self.cfg.sampling.start_step if auto else start_step)
         cfg = self.cfg
         if changes:
             cfg = OmegaConf.merge(self.cfg, {"sampling": changes})
@@ -196,7 +201,7 @@ class Restorer:
     # ------------------------------------------------------------------ one image
 
     def restore(self, image, aligned: bool = False, *, seed: int | None = None, name: str | None = None,
-                num_samples: int | None = None, start_step: int | None = None, steps: int | None = None,
+                num_samples: int | None = None, start_step: int | str | None = None, steps: int | None = None,
                 sampler: str | None = None, eta: float | None = None, mask=None, mask_style: str = "black",
                 upscale: int = 2, only_center_face: bool = False, allow_downscale: bool = False,
                 draw_box: bool = False, progress: Progress | None = None) -> Result:
@@ -208,7 +213,8 @@ class Restorer:
         mask (inpainting presets): a mask file path or an H x W array (nonzero = hole); None finds the
         holes in the image itself (`mask_style` 'black': exactly black pixels; 'white': scribbles).
         Whole photos: `upscale`, `only_center_face`, `allow_downscale` (restore faces larger than
-        1.5x the model size too), `draw_box`.
+        1.5x the model size too), `draw_box`. `start_step='auto'`: N for each face from its predicted
+        error (the result's `info['start_step']`, or each face's `start_step`).
         """
         name = name or _default_name(image)
         method = self.sampling(start_step, steps, sampler, eta, progress)
@@ -265,15 +271,16 @@ class Restorer:
         masks = None
         if self.cfg.task == "inpainting":
             masks = torch.stack([resize_mask(it.mask[None], size)[0] for it in items])
-        samples, estimates = self.restore_crops(method, torch.stack([it.model_input for it in items]),
-                                                [it.name for it in items], seed, num_samples, masks)
+        samples, estimates, starts = self.restore_crops(method, torch.stack([it.model_input for it in items]),
+                                                        [it.name for it in items], seed, num_samples, masks)
         results = []
         for n, it in enumerate(items):
             outs = [self.framing.from_model(s[n], it.image, it.affine, it.mask) for s in samples]
             estimate = self.framing.from_model(estimates[n], it.image, it.affine)
+            info = dict(it.info) if starts[n] is None else {**it.info, "start_step": starts[n]}
             results.append(Result(samples=[final_image(o, it.grey) for o in outs], name=it.name,
                                   input=final_image(it.image, it.grey), estimate=final_image(estimate, it.grey),
-                                  info=dict(it.info)))
+                                  info=info))
         return results
 
     def restore_crops(self, method: DifFace, crops: torch.Tensor, keys: Sequence[str], seed: int,
@@ -283,11 +290,12 @@ class Restorer:
         The estimate f(y) is computed once per face; the samples of a batch run together (a batch
         of batch_size x num_samples chains), each from its own generator, so the result equals
         sample-by-sample restoration. masks: (N, 1, S, S), 1 = hole, for inpainting.
-        Returns ([samples] each (N, 3, S, S) on the CPU, estimates (N, 3, S, S)).
+        Returns ([samples] each (N, 3, S, S) on the CPU, estimates (N, 3, S, S), each face's start
+        step with `start_step: auto`, else None per face).
         """
         batch_size, device = self.cfg.batch_size, self.device
         samples = [[] for _ in range(num_samples)]
-        estimates = []
+        estimates, starts = [], []
 
         def repeat(t):  # sample-major: row k * n + j is sample k of face j
             return None if t is None else t.repeat(num_samples, *[1] * (t.dim() - 1))
@@ -302,7 +310,8 @@ class Restorer:
             for k in range(num_samples):
                 samples[k].append(result.sample[k * n:(k + 1) * n].cpu())
             estimates.append(result.estimate[:n].cpu())
-        return [torch.cat(s) for s in samples], torch.cat(estimates)
+            starts += result.start_steps[:n] if result.start_steps is not None else [None] * n
+        return [torch.cat(s) for s in samples], torch.cat(estimates), starts
 
     # ------------------------------------------------------------------ whole photos
 
@@ -396,15 +405,18 @@ class Restorer:
         num_samples = self.cfg.num_samples if num_samples is None else num_samples
         crops = [p.pending.crops for p in photos if p.pending.num_faces]
         keys = [k for p in photos for k in p.pending.keys]
-        samples = self.restore_crops(method, torch.cat(crops), keys, seed, num_samples)[0] if crops else []
+        samples, _, starts = self.restore_crops(method, torch.cat(crops), keys, seed, num_samples) if crops else ([], 0, [])
         results, first = [], 0
         for p in photos:
             count = p.pending.num_faces
             photo = finish_photo(p.pending, [s[first:first + count] for s in samples])
-            first += count
             manifest = photo.manifest()
+            for d, n in zip(manifest["faces"], starts[first:first + count]):
+                if n is not None:
+                    d["start_step"] = n
+            first += count
             faces = [FaceResult(box=d["box"], landmarks=d["landmarks"], score=d["score"], crop=photo.crops[k],
-                                restored=[r[k] for r in photo.restored])
+                                restored=[r[k] for r in photo.restored], start_step=d.get("start_step"))
                      for k, d in enumerate(manifest["faces"])]
             images = photo.images if len(photo.images) == num_samples else photo.images * num_samples  # no face
             results.append(Result(samples=[final_image(im, p.grey) for im in images], name=p.name, input=p.photo,

@@ -31,6 +31,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+import warnings
 from collections import deque
 from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass, field
@@ -141,8 +142,13 @@ def restore_frames(restorer, frames: Iterable[np.ndarray | DecodedFrame], name: 
     and their faces detected and tracked by a background thread, while the faces of earlier frames
     are restored (dlib, PyAV and torch release the interpreter lock); the pixels are the same without.
     """
-    run = _Settings(name, method or restorer.sampling(eta=VIDEO_ETA if temporal else None),
-                    restorer.cfg.seed if seed is None else int(seed), upscale, allow_downscale, draw_box, temporal)
+    method = method or restorer.sampling(eta=VIDEO_ETA if temporal else None)
+    if method.auto is not None:  # a start step per face and frame would change from frame to frame
+        warnings.warn(f"{name}: start step 'auto' applies to images; the video is restored at the fixed N = "
+                      f"{method.start_step}")
+        method = method.with_start_step(method.start_step)
+    run = _Settings(name, method, restorer.cfg.seed if seed is None else int(seed), upscale, allow_downscale,
+                    draw_box, temporal)
     tracker = FaceTracker()
     motion = MotionFilter(detection_weight) if temporal and detection_weight < 1 else None
     estimates = TrackWindow(estimate_radius if temporal else 0)

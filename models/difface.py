@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Callable, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .auto_start import AutoStart, error_features, predicted_error, probe_error, start_step
 from .deep_cache import cached_unet
 from .diffusion import DiffusionSchedule, space_timesteps
 from .samplers import SAMPLERS, TAKES_ETA, Generators, NoiseFn, draw_noise
@@ -87,6 +88,8 @@ class SamplingConfig:
     cache_interval: int = 2
     cache_full_steps: Optional[list[int]] = None
     cache_last_full: int = 1
+    auto_start: bool = False  # `start_step: auto`: N per face from its predicted error (models/auto_start.py)
+    auto: AutoStart = field(default_factory=AutoStart)
 
     def timesteps(self, num_steps: int) -> list[int]:
         """The descending base steps evaluated for a chain noised to `start_step`; the one place
@@ -147,6 +150,7 @@ class Restoration:
 
     sample: torch.Tensor
     estimate: torch.Tensor
+    start_steps: Optional[list[int]] = None  # with `start_step: auto`, each image's N
 
 
 class DifFace:
@@ -184,6 +188,12 @@ class DifFace:
         self.cached_prior = cached_unet(prior, sampling.cache_depth) if sampling.cache_depth is not None else None
         self.correct_x0_factory = correct_x0_factory
         self.on_evaluation = on_evaluation  # (done, total) after each prior evaluation of a chain
+        self.auto = sampling.auto if sampling.auto_start else None
+        if self.auto is not None:
+            self.auto.check(schedule.num_steps)
+            if self.auto.weights is None:
+                raise ValueError("start step 'auto' needs the model's error head: sampling.auto.weights is not set "
+                                 "(scripts/auto_start.py fits it)")
 
     def _autocast(self, device: torch.device, low: bool = True):
         """Mixed precision for the networks only; all diffusion arithmetic stays float32.
@@ -275,6 +285,8 @@ class DifFace:
         size = (self.image_size, self.image_size)
         y_model, mask_model = self._model_inputs(y, mask)
         x0_hat = resize(estimate.float(), size) if estimate is not None else self.estimate_input(y, mask)
+        if self.auto is not None:
+            return self._restore_auto(y, x0_hat, y_model, generator, start_noise, noise_fn, mask)
         if self.timesteps:
             # Paper Eq. 6: one closed-form jump to level N.
             abar_n = self.schedule.alpha_bar(self.start_step)
@@ -297,6 +309,63 @@ class DifFace:
             known = 1 - (mask.float() > 0.5).float()
             sample = sample * (1 - known) + y.float() * known
         return Restoration(sample=sample, estimate=x0_hat)
+
+
+    # ------------------------------------------------------------------ start step per face
+
+    def with_start_step(self, n: int) -> "DifFace":
+        """This method (same networks and settings) with the fixed start step `n`; with `steps` K,
+        min(K, n) evaluations."""
+        s = self.sampling
+        sampling = replace(s, start_step=n, steps=None if s.steps is None or n == 0 else min(s.steps, n),
+                           auto_start=False)
+        return DifFace(self.estimator, self.prior, self.schedule, self.image_size, sampling, dtype=self.dtype,
+                       correct_x0_factory=self.correct_x0_factory,
+                       low_precision_from_step=self.low_precision_from_step, on_evaluation=self.on_evaluation)
+
+    @torch.inference_mode()
+    def predict_error(self, x0_hat: torch.Tensor, y_model: torch.Tensor) -> torch.Tensor:
+        """The error head's prediction (B,) for estimates x0_hat and inputs y_model (B, 3, S, S) [0, 1]."""
+        auto = self.auto or self.sampling.auto
+        if auto.weights is None:
+            raise ValueError("sampling.auto.weights is not set: this model has no error head")
+        probe = probe_error(self._prior, x0_hat, self.schedule.alpha_bar(auto.probe_step), auto.probe_step,
+                            auto.probes)
+        return predicted_error(error_features(probe, x0_hat, y_model), auto.weights)
+
+    def start_steps_for(self, x0_hat: torch.Tensor, y_model: torch.Tensor) -> list[int]:
+        """N per image by the rule of models/auto_start.py."""
+        auto = self.auto or self.sampling.auto
+        abar = self.schedule.alphas_cumprod
+        return [start_step(float(e), abar, auto) for e in self.predict_error(x0_hat, y_model)]
+
+    def _restore_auto(self, y, x0_hat, y_model, generator, start_noise, noise_fn, mask) -> Restoration:
+        """Each image at its own N: the batch is probed together, then restored in groups of equal
+        N, each image exactly as a fixed-N run with its N restores it (its generator, noise and
+        estimate are its own)."""
+        if noise_fn is not None:
+            raise ValueError("a per-step noise function does not split into groups of equal start step; "
+                             "pass per-image generators with start_step auto")
+        steps = self.start_steps_for(x0_hat, y_model)
+        groups = {n: [i for i, m in enumerate(steps) if m == n] for n in sorted(set(steps))}
+        methods = {n: self.with_start_step(n) for n in groups}
+        total, done = sum(len(m.timesteps) for m in methods.values()), [0]
+        sample = estimate = None
+        for n, idx in groups.items():
+            method = methods[n]
+            if self.on_evaluation is not None:
+                method.on_evaluation = lambda k, _, before=done[0]: self.on_evaluation(before + k, total)
+            pick = torch.tensor(idx, device=y.device)
+            gens = [generator[i] for i in idx] if isinstance(generator, (list, tuple)) else generator
+            part = method.restore(y[pick], generator=gens,
+                                  start_noise=None if start_noise is None else start_noise[pick],
+                                  mask=None if mask is None else mask[pick], estimate=x0_hat[pick])
+            if sample is None:
+                sample = part.sample.new_empty((len(steps), *part.sample.shape[1:]))
+                estimate = part.estimate.new_empty((len(steps), *part.estimate.shape[1:]))
+            sample[pick], estimate[pick] = part.sample, part.estimate
+            done[0] += len(method.timesteps)
+        return Restoration(sample=sample, estimate=estimate, start_steps=steps)
 
 
 def known_pixel_correction(gamma: float = 0.5, num_update: int = 1):

@@ -226,7 +226,7 @@ def _queue_events(url: str, path: str, session: str) -> list[dict]:
     """Ask the app (as its page does) to restore the file at `path`; the queue's events."""
     import json
     payload = {"data": [{"path": path, "meta": {"_type": "gradio.FileData"}}, True, 400, 0, "ddim",
-                        1, 12345, 2, False, False], "fn_index": 0, "session_hash": session}
+                        1, 12345, 2, False, False, False], "fn_index": 0, "session_hash": session}
     request = urllib.request.Request(f"{url}gradio_api/queue/join", data=json.dumps(payload).encode(),
                                      headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=10) as r:

@@ -293,7 +293,7 @@ def test_num_samples_through_the_restorer_equal_single_restorations(tiny_cfg):
     method = restorer.method
     assert method.full_steps == [True, False, True, False, True]
     crops, keys = _faces(3), ["a.png", "b.png", "c.png"]
-    samples, _ = restorer.restore_crops(method, crops, keys, seed=9, num_samples=2)
+    samples, _, _ = restorer.restore_crops(method, crops, keys, seed=9, num_samples=2)
     for k in range(2):
         for i, key in enumerate(keys):
             alone = method.restore(crops[i:i + 1], generator=[image_generator(9, key, k)]).sample

@@ -228,7 +228,7 @@ def test_estimate_is_computed_once_per_face(tiny_cfg):
     calls, estimator = [], method.estimator
     method.estimator = lambda y: calls.append(len(y)) or estimator(y)
     crops = torch.rand(3, 3, 32, 32)
-    samples, estimates = restorer.restore_crops(method, crops, ["a", "b", "c"], restorer.cfg.seed, 3)
+    samples, estimates, _ = restorer.restore_crops(method, crops, ["a", "b", "c"], restorer.cfg.seed, 3)
     assert calls == [2, 1], "one estimator call per batch, not per sample"
     assert len(samples) == 3 and not torch.equal(samples[0], samples[1])
     method.estimator = estimator

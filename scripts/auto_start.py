@@ -1,0 +1,302 @@
+#!/usr/bin/env python
+"""A start step per face (`start_step: auto`) against fixed N, on held-out faces of several degradations.
+
+    python scripts/auto_start.py --heldout data/utk64/val --out results/auto_start
+
+The held-out faces are dealt in turn to the degradation families of FAMILIES (mild and severe
+mixes of every step of the blind degradation, and strong blur, downsampling, noise or JPEG alone)
+and degraded once each (seeded per face, as in scripts/reproduce_small.py). Then:
+1. Error prediction: the error head of models/auto_start.py (five weights) is fitted by least
+   squares on --train-images faces of --train, degraded with the estimator's training ranges
+   (--degradation-from); on the held-out faces each face's estimator error (mean square of
+   f(y) - x in [-1, 1] units) is compared with the head's prediction and with the bare probe
+   distance at each of --probe-steps (the first feeds the head): Spearman rank correlation,
+   overall and per family.
+2. Fixed N: every face restored at each N of --n-values (--sampler, --steps K evaluations each).
+3. The oracle: each face at the N of (2) whose result is nearest its HQ face in Inception pool3
+   features (the space KID and FID are measured in; LPIPS needs backbone weights this harness does
+   not assume).
+4. auto: N per face by the SNR rule with the constant fitted on the other half of the faces
+   (cross-fitted: even and odd faces; each face's N comes from a constant that never saw it), the
+   constant chosen on a grid to bring the fixed-N results nearest to each face's HQ face in the
+   same feature space; every face gets the same K evaluations as the fixed rows. The constant for
+   the config is the one fitted on all faces.
+Scores: PSNR, SSIM, FID, KID x 1000 against the HQ faces, overall and per family, and 95%
+paired-bootstrap intervals of auto minus each fixed N. Writes results.json, results.md and
+auto_start.png (PSNR against KID: the fixed-N curve, auto, the oracle) under --out.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import metrics.heldout as rs
+from difface.pipeline import ConfigError, load_config, sampling_of
+from metrics.kid import kernel_inception_distance
+from models.auto_start import (FEATURES, AutoStart, error_features, fit_weights, predicted_error, probe_error,
+                               start_step)
+from models.difface import DifFace
+from models.runtime import pick_device
+
+# Ranges at 64 px (blur sigma and downsampling of the 512 px training ranges / 8).
+QUIET = dict(blur_sigma=[0.1, 0.4], downsample_range=[1.0, 1.5], noise_range=[0.0, 3.0], jpeg_range=[85.0, 100.0])
+FAMILIES = {
+    "mild": dict(blur_sigma=[0.1, 0.6], downsample_range=[0.8, 2.0], noise_range=[0.0, 5.0], jpeg_range=[70.0, 100.0]),
+    "blur": dict(QUIET, blur_sigma=[1.2, 2.5]),
+    "downsampling": dict(QUIET, downsample_range=[4.0, 8.0]),
+    "noise": dict(QUIET, noise_range=[15.0, 30.0]),
+    "jpeg": dict(QUIET, jpeg_range=[10.0, 30.0]),
+    "severe": dict(blur_sigma=[1.0, 2.5], downsample_range=[4.0, 10.0], noise_range=[10.0, 25.0],
+                   jpeg_range=[20.0, 60.0]),
+}
+MILD_FAMILIES = ("mild",)
+CONSTANTS = np.geomspace(0.01, 100, 81)  # the grid the calibration constant is chosen from
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--heldout", type=Path, required=True, metavar="DIR", help="folder of held-out HQ faces")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="results folder")
+    p.add_argument("--cfg", default="demo", help="inference preset or YAML (default: %(default)s)")
+    p.add_argument("--n-values", type=rs.int_list, default=[0, 30, 100, 200, 400], metavar="N,N,...")
+    p.add_argument("--steps", type=int, default=10, help="evaluations per face (default: %(default)s)")
+    p.add_argument("--sampler", default="dpmpp_2m")
+    p.add_argument("--probe-steps", type=rs.int_list, default=[100, 200, 300], metavar="T,T",
+                   help="probe steps whose predictions are compared; the first is used for auto")
+    p.add_argument("--max-step", type=int, default=400, help="auto's N is clipped to [0, this]")
+    p.add_argument("--max-images", type=int, default=500)
+    p.add_argument("--train", type=Path, required=True, metavar="DIR",
+                   help="training faces the error head is fitted on (not the held-out ones)")
+    p.add_argument("--train-images", type=int, default=2000)
+    p.add_argument("--degradation-from", default="configs/train/demo_estimator.yaml", metavar="YAML",
+                   help="the degradation ranges of the fitting faces: the estimator's training ranges")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=50)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--fid-backbone", default="fid_helper", choices=["auto", "pytorch_fid", "fid_helper"])
+    return p.parse_args(argv)
+
+
+def degrade_families(faces: rs.Faces, seed: int, out: Path) -> tuple[torch.Tensor, list[str]]:
+    """LQ faces (B, 3, S, S) and each face's family (dealt in turn)."""
+    names = list(FAMILIES)
+    family = [names[i % len(names)] for i in range(len(faces.keys))]
+    lq = torch.empty_like(faces.hq)
+    for name in names:
+        idx = [i for i, f in enumerate(family) if f == name]
+        subset = rs.Faces([faces.keys[i] for i in idx], faces.hq[idx])
+        config = rs.degradation_config(None, dict(FAMILIES[name], blur_kernel_size=13))
+        lq[idx] = rs.degrade(subset, config, seed, name, out / "lq" / name)
+    return lq, family
+
+
+def spearman(a, b) -> float:
+    from scipy.stats import spearmanr
+    return float(spearmanr(a, b).statistic)
+
+
+def choose_constant(errors: np.ndarray, distances: np.ndarray, n_values: list[int], abar: np.ndarray,
+                    max_step: int) -> float:
+    """The constant of CONSTANTS whose N per face, snapped to the nearest of `n_values` in
+    noise-to-signal ratio, gives the smallest mean feature distance (`distances`: faces x n_values)."""
+    levels = np.array([(1 - abar[n]) / abar[n] if n else 0.0 for n in n_values])
+
+    def snapped(c: float) -> np.ndarray:
+        auto = AutoStart(constant=c, max_step=max_step)
+        nsr = np.array([(1 - abar[n]) / abar[n] if n else 0.0 for n in (start_step(e, abar, auto) for e in errors)])
+        return np.abs(np.log1p(1e3 * nsr)[:, None] - np.log1p(1e3 * levels)[None]).argmin(1)
+
+    costs = [distances[np.arange(len(errors)), snapped(c)].mean() for c in CONSTANTS]
+    return float(CONSTANTS[int(np.argmin(costs))])
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        cfg = load_config(args.cfg)
+        faces = rs.load_heldout(args.heldout, cfg.image_size, args.max_images)
+        device = pick_device(args.device)
+    except (ConfigError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    runner = rs.Runner(cfg, device, args.batch_size, args.seed, None, False)
+    base, s = runner.base, sampling_of(cfg)
+    abar = np.asarray(base.schedule.alphas_cumprod, dtype=np.float64)
+    lq, family = degrade_families(faces, args.seed, args.out)
+    hq_u8 = rs.to_uint8(faces.hq)
+    scorer = rs.Scorer(hq_u8, device, args.fid_backbone)
+    hq_features = scorer.reference.features
+    keys = faces.keys
+
+    def method(n: int) -> DifFace:
+        return DifFace(base.estimator, base.prior, base.schedule, cfg.image_size,
+                       replace(s, start_step=n, steps=min(args.steps, n) if n else None, sampler=args.sampler, eta=0.0,
+                               cache_depth=None))
+
+    # 1. the error head, fitted on training faces; estimates, true errors, probes and predictions
+    def measure(lq_set: torch.Tensor, hq_set: torch.Tensor, names: list[str]) -> dict:
+        """Estimates, true errors, probe distances at each probe step, head features (first probe step)."""
+        est_, probes_ = [], {tp: [] for tp in args.probe_steps}
+        with torch.no_grad():
+            for i in range(0, len(names), args.batch_size):
+                e = plain.estimate_input(lq_set[i:i + args.batch_size].to(device)).float().cpu()
+                est_.append(e)
+                for tp in args.probe_steps:
+                    probes_[tp].append(probe_error(plain._prior, e.to(device), float(abar[tp]), tp).cpu())
+        est_ = torch.cat(est_)
+        probes_ = {tp: torch.cat(v) for tp, v in probes_.items()}
+        return {"est": est_, "error": 4 * (est_ - hq_set).pow(2).flatten(1).mean(1), "probe": probes_,
+                "features": error_features(probes_[args.probe_steps[0]], est_, lq_set)}
+
+    plain = method(0)
+    train = rs.load_heldout(args.train, cfg.image_size, args.train_images)
+    train_lq = rs.degrade(train, rs.degradation_config(args.degradation_from), args.seed, "train", args.out / "train_lq")
+    fitted = measure(train_lq, train.hq, train.keys)
+    weights = fit_weights(fitted["features"], fitted["error"])
+    held = measure(lq, faces.hq, keys)
+    est, true_error = held["est"], held["error"].numpy()
+    predicted = {f"probe at t = {tp}": held["probe"][tp].numpy() for tp in args.probe_steps}
+    predicted["error head"] = predicted_error(held["features"], weights).numpy()
+    names = list(FAMILIES)
+    correlation = {label: {"all": spearman(v, true_error),
+                           **{f: spearman(v[[x == f for x in family]], true_error[[x == f for x in family]])
+                              for f in names}} for label, v in predicted.items()}
+    print(json.dumps(correlation, indent=1), file=sys.stderr)
+
+    # 2. fixed N; per-face feature distances
+    images, features = {}, {}
+    for n in args.n_values:
+        images[n] = rs.to_uint8(est) if n == 0 else runner.restore(method(n), lq, keys, f"N = {n}")[0]
+        features[n] = scorer.fid.stats(images[n]).features
+    distances = np.stack([((features[n] - hq_features) ** 2).sum(1) for n in args.n_values], 1)
+
+    # 3. oracle
+    best = distances.argmin(1)
+    oracle_n = [args.n_values[b] for b in best]
+    images["oracle"] = [images[args.n_values[b]][i] for i, b in enumerate(best)]
+
+    # 4. auto, cross-fitted, from the probe and (the rule's ceiling) from the true error
+    halves = [np.arange(len(keys)) % 2 == h for h in (0, 1)]
+    fits, auto_ns = {}, {}
+    for label, errors in (("auto", predicted["error head"]), ("auto, true error", true_error)):
+        constants = [choose_constant(errors[~h], distances[~h], args.n_values, abar, args.max_step) for h in halves]
+        fits[label] = {"even faces (fitted on odd)": constants[0], "odd faces (fitted on even)": constants[1],
+                       "all faces": choose_constant(errors, distances, args.n_values, abar, args.max_step)}
+        auto_n = np.zeros(len(keys), dtype=int)
+        for h, c in zip(halves, constants):
+            rule = AutoStart(constant=c, probe_step=args.probe_steps[0], max_step=args.max_step)
+            auto_n[h] = [start_step(e, abar, rule) for e in errors[h]]
+        auto_images: list = [None] * len(keys)
+        for n in sorted(set(auto_n.tolist())):
+            idx = np.flatnonzero(auto_n == n)
+            done = (rs.to_uint8(est[idx]) if n == 0 else
+                    runner.restore(method(n), lq[idx], [keys[i] for i in idx], f"{label} N = {n}")[0])
+            for i, image in zip(idx, done):
+                auto_images[i] = image
+        images[label], auto_ns[label] = auto_images, auto_n
+
+    # scores
+    rows, kept = [], {}
+    labels = [*args.n_values, "oracle", "auto, true error", "auto"]
+    for label in labels:
+        name = f"N = {label}" if isinstance(label, int) else label
+        row = scorer(name, images[label])
+        feats = scorer.last_stats.features
+        row["kid_x1000"] = 1000 * kernel_inception_distance(feats, hq_features)
+        psnr = np.asarray(row.pop("per_image")["psnr"])
+        kept[label] = (psnr, feats)
+        row["families"] = {}
+        for f in [*names, "mild half", "severe half"]:
+            mask = np.array([x in MILD_FAMILIES if f == "mild half" else x not in MILD_FAMILIES if f == "severe half"
+                             else x == f for x in family])
+            row["families"][f] = {"psnr": float(psnr[mask].mean()),
+                                  "kid_x1000": 1000 * kernel_inception_distance(feats[mask], hq_features[mask])}
+        rows.append(row)
+    auto_row = rows[-1]
+    for label, row in zip(labels[:-1], rows[:-1]):
+        auto_row[f"vs {row['label']}"] = rs.paired_intervals(*kept["auto"], *kept[label], hq_features)
+    report = {"meta": {"model": cfg.name, "images": len(keys), "families": FAMILIES, "sampler": args.sampler,
+                       "steps": args.steps, "seed": args.seed, "machine": rs.machine(device),
+                       "command": " ".join(["scripts/auto_start.py", *(argv or sys.argv[1:])]),
+                       "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+              "correlation": correlation, "head_weights": weights,
+              "constants": fits,
+              "auto_n": {label: {"all": float(np.median(n)), **{f: float(np.median(n[[x == f for x in family]]))
+                                                               for f in names}} for label, n in auto_ns.items()},
+              "oracle_n": {f: float(np.median([n for n, x in zip(oracle_n, family) if x == f])) for f in names},
+              "rows": rows}
+    (args.out / "results.json").write_text(json.dumps(report, indent=1))
+    (args.out / "results.md").write_text(markdown(report))
+    plot(rows, args.out / "auto_start.png")
+    print(f"wrote {args.out / 'results.md'}", file=sys.stderr)
+    return 0
+
+
+def markdown(report: dict) -> str:
+    m = report["meta"]
+    lines = [f"# Start step per face: {m['model']}", "",
+             f"- {m['images']} held-out faces, families dealt in turn: " + ", ".join(m["families"]),
+             f"- {m['sampler']}, {m['steps']} evaluations per face, eta 0; seed {m['seed']}",
+             f"- machine: {m['machine']['cpu']}; command: `{m['command']}`", "",
+             "## Error prediction (Spearman rank correlation with the estimator's true error)", "",
+             "| predictor | " + " | ".join(next(iter(report["correlation"].values()))) + " |"]
+    first = next(iter(report["correlation"].values()))
+    lines.append("|---" * (len(first) + 1) + "|")
+    for label, c in report["correlation"].items():
+        lines.append(f"| {label} | " + " | ".join(f"{c[f]:.3f}" for f in first) + " |")
+    lines += ["", f"Error head weights ({', '.join(FEATURES)}): {report['head_weights']}",
+              f"Constants: {report['constants']}", f"auto N: {report['auto_n']}", f"oracle N: {report['oracle_n']}",
+              "", "## Restorations", "",
+              "| N | PSNR | SSIM | FID | KID×10³ | mild half PSNR / KID×10³ | severe half PSNR / KID×10³ |",
+              "|---|---|---|---|---|---|---|"]
+    for r in report["rows"]:
+        fam = r["families"]
+        lines.append(f"| {r['label']} | {r['psnr']:.2f} | {r['ssim']:.4f} | {r['fid']:.2f} | {r['kid_x1000']:.2f} | "
+                     f"{fam['mild half']['psnr']:.2f} / {fam['mild half']['kid_x1000']:.1f} | "
+                     f"{fam['severe half']['psnr']:.2f} / {fam['severe half']['kid_x1000']:.1f} |")
+    auto = report["rows"][-1]
+    lines += ["", "auto minus each row (95% paired bootstrap): "]
+    lines += [f"- {k[3:]}: ΔKID×10³ [{v['kid'][0]:+.2f}, {v['kid'][1]:+.2f}], ΔPSNR [{v['psnr'][0]:+.2f}, "
+              f"{v['psnr'][1]:+.2f}]" for k, v in auto.items() if k.startswith("vs ")]
+    lines += ["", "Per family (PSNR / KID×10³):", "",
+              "| N | " + " | ".join(report["rows"][0]["families"]) + " |",
+              "|---" * (len(report["rows"][0]["families"]) + 1) + "|"]
+    for r in report["rows"]:
+        lines.append(f"| {r['label']} | " + " | ".join(f"{v['psnr']:.2f} / {v['kid_x1000']:.1f}"
+                                                       for v in r["families"].values()) + " |")
+    return "\n".join(lines + ["", "![PSNR against KID](auto_start.png)", ""])
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fixed = [r for r in rows if r["label"].startswith("N = ")]
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    ax.plot([r["kid_x1000"] for r in fixed], [r["psnr"] for r in fixed], "o-", label="fixed N")
+    for r in fixed:
+        ax.annotate(r["label"][4:], (r["kid_x1000"], r["psnr"]), textcoords="offset points", xytext=(4, 4))
+    for r, style in zip([r for r in rows if not r["label"].startswith("N = ")], ("s", "^", "*")):
+        ax.plot([r["kid_x1000"]], [r["psnr"]], style, markersize=11, label=r["label"])
+    ax.set(xlabel="KID ×1000 ↓", ylabel="PSNR (dB) ↑", title="start step per face against fixed N")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
