@@ -218,7 +218,7 @@ def run_aligned(restorer, jobs, bar, args) -> None:
             for (job, _), res in zip(batch, results):
                 cmp = np.concatenate([res.input, *res.samples], axis=1) if job.cmp else None
                 if write_all(job, res.samples, res.estimate if job.estimate else None, cmp, args.overwrite):
-                    job.record.update(status="done", seconds=round(seconds, 3))
+                    job.record.update(status="done", seconds=round(seconds, 3), **res.info)
         bar.update(len(jobs[i:i + cfg.batch_size]))
 
 
@@ -260,8 +260,7 @@ def run_photos(restorer, jobs, bar, args) -> None:
                     save_faces(out, job, res.photo, cfg.num_samples)
                 seconds += share * photo_input.num_faces + time.perf_counter() - began
                 found = res.photo.faces or res.photo.kept
-                job.record.update(status="done" if found else "no face", seconds=round(seconds, 3),
-                                  **res.photo.manifest())
+                job.record.update(status="done" if found else "no face", seconds=round(seconds, 3), **res.info)
                 log(f"{job.source}: {res.photo.describe(cfg.image_size)}")
             bar.update(1)
         waiting.clear()
@@ -314,8 +313,9 @@ def run(cfg, jobs, args) -> dict:
     for note in restorer.notes:
         log(f"warning: {note}")
     log(restorer.describe())
-    timesteps = restorer.method.timesteps
-    log(f"{len(timesteps)} network evaluations per face, first at step {timesteps[0]}"
+    timesteps, auto = restorer.method.timesteps, restorer.method.auto
+    log(f"N for each face from its predicted error, {auto.min_step} to {auto.max_step}" if auto else
+        f"{len(timesteps)} network evaluations per face, first at step {timesteps[0]}"
         if timesteps else "N = 0: the estimator's output alone, no diffusion steps")
     out = Path(args.output)
     todo = []
