@@ -10,13 +10,14 @@ square. So for a predicted error E (mean square, images in [-1, 1]):
 
 with one calibration constant c per model.
 
-The prediction needs no training and works with any released prior: the estimate is noised to a
-probe step t_p and the prior predicts x0 back from it. An estimate the prior finds plausible comes
-back almost as it went in; a blurred or artefacted one is pulled towards a face the prior knows,
-so the distance between the two (mean square, in [-1, 1] units) grows with the estimator's
-error. The probe's noise is one fixed draw for every face, so the probe neither depends on the
-face's batch or seed nor moves its random stream: a face restored with auto at the N it chooses
-is the fixed-N run with that N, bit for bit.
+E comes from a small error head over five numbers computed from the networks the preset
+already has (`error_features`): the probe (the estimate noised to a probe step t_p and predicted
+back by the prior: how much the prior changes it), the detail of the estimate and of the input,
+and how much the estimator changed the input; log E is linear in their logs (`predicted_error`,
+five weights fitted by least squares on synthetic degradations: `fit_weights`, used by
+scripts/auto_start.py). The probe's noise is one fixed draw for every face, so the prediction
+depends on the face alone: a face restored with auto at the N it is given is the fixed-N run with
+that N, bit for bit. Measured results: docs/auto_start.md.
 """
 from __future__ import annotations
 
@@ -52,6 +53,9 @@ class AutoStart:
                              f"got {self.min_step} / {self.max_step}")
         if self.probes < 1:
             raise ValueError(f"auto.probes must be >= 1, got {self.probes}")
+        if self.weights is not None and len(self.weights) != len(FEATURES):
+            raise ValueError(f"auto.weights needs {len(FEATURES)} numbers ({', '.join(FEATURES)}), "
+                             f"got {len(self.weights)}")
 
 
 def noise_to_signal(alpha_bar: float) -> float:

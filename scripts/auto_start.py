@@ -20,7 +20,9 @@ and degraded once each (seeded per face, as in scripts/reproduce_small.py). Then
    (cross-fitted: even and odd faces; each face's N comes from a constant that never saw it), the
    constant chosen on a grid to bring the fixed-N results nearest to each face's HQ face in the
    same feature space; every face gets the same K evaluations as the fixed rows. The constant for
-   the config is the one fitted on all faces.
+   the config is the one fitted on all faces. Two controls: the rule fed the true error (its
+   ceiling), and auto's N values dealt to the faces at random (is it the choice per face that
+   helps, or only the mix of N?).
 Scores: PSNR, SSIM, FID, KID x 1000 against the HQ faces, overall and per family, and 95%
 paired-bootstrap intervals of auto minus each fixed N. Writes results.json, results.md and
 auto_start.png (PSNR against KID: the fixed-N curve, auto, the oracle) under --out.
@@ -187,10 +189,11 @@ def main(argv=None) -> int:
     oracle_n = [args.n_values[b] for b in best]
     images["oracle"] = [images[args.n_values[b]][i] for i, b in enumerate(best)]
 
-    # 4. auto, cross-fitted, from the probe and (the rule's ceiling) from the true error
+    # 4. auto, cross-fitted, from the error head and (the rule's ceiling) from the true error; and the
+    #    head's N dealt to the faces at random (does the choice per face matter, or only the mix of N?)
     halves = [np.arange(len(keys)) % 2 == h for h in (0, 1)]
     fits, auto_ns = {}, {}
-    for label, errors in (("auto", predicted["error head"]), ("auto, true error", true_error)):
+    for label, errors in (("auto, true error", true_error), ("auto", predicted["error head"])):
         constants = [choose_constant(errors[~h], distances[~h], args.n_values, abar, args.max_step) for h in halves]
         fits[label] = {"even faces (fitted on odd)": constants[0], "odd faces (fitted on even)": constants[1],
                        "all faces": choose_constant(errors, distances, args.n_values, abar, args.max_step)}
@@ -198,6 +201,9 @@ def main(argv=None) -> int:
         for h, c in zip(halves, constants):
             rule = AutoStart(constant=c, probe_step=args.probe_steps[0], max_step=args.max_step)
             auto_n[h] = [start_step(e, abar, rule) for e in errors[h]]
+        auto_ns[label] = auto_n
+    auto_ns["auto, N shuffled"] = np.random.default_rng(args.seed).permutation(auto_ns["auto"])
+    for label, auto_n in auto_ns.items():
         auto_images: list = [None] * len(keys)
         for n in sorted(set(auto_n.tolist())):
             idx = np.flatnonzero(auto_n == n)
@@ -205,11 +211,11 @@ def main(argv=None) -> int:
                     runner.restore(method(n), lq[idx], [keys[i] for i in idx], f"{label} N = {n}")[0])
             for i, image in zip(idx, done):
                 auto_images[i] = image
-        images[label], auto_ns[label] = auto_images, auto_n
+        images[label] = auto_images
 
     # scores
     rows, kept = [], {}
-    labels = [*args.n_values, "oracle", "auto, true error", "auto"]
+    labels = [*args.n_values, "oracle", "auto, true error", "auto, N shuffled", "auto"]
     for label in labels:
         name = f"N = {label}" if isinstance(label, int) else label
         row = scorer(name, images[label])
@@ -288,7 +294,7 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.plot([r["kid_x1000"] for r in fixed], [r["psnr"] for r in fixed], "o-", label="fixed N")
     for r in fixed:
         ax.annotate(r["label"][4:], (r["kid_x1000"], r["psnr"]), textcoords="offset points", xytext=(4, 4))
-    for r, style in zip([r for r in rows if not r["label"].startswith("N = ")], ("s", "^", "*")):
+    for r, style in zip([r for r in rows if not r["label"].startswith("N = ")], ("s", "^", "v", "*")):
         ax.plot([r["kid_x1000"]], [r["psnr"]], style, markersize=11, label=r["label"])
     ax.set(xlabel="KID ×1000 ↓", ylabel="PSNR (dB) ↑", title="start step per face against fixed N")
     ax.grid(alpha=0.3)
