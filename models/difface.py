@@ -310,7 +310,6 @@ class DifFace:
             sample = sample * (1 - known) + y.float() * known
         return Restoration(sample=sample, estimate=x0_hat)
 
-
     # ------------------------------------------------------------------ start step per face
 
     def with_start_step(self, n: int) -> "DifFace":
