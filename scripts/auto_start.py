@@ -22,7 +22,8 @@ and degraded once each (seeded per face, as in scripts/reproduce_small.py). Then
    same feature space; every face gets the same K evaluations as the fixed rows. The constant for
    the config is the one fitted on all faces. Two controls: the rule fed the true error (its
    ceiling), and auto's N values dealt to the faces at random (is it the choice per face that
-   helps, or only the mix of N?).
+   helps, or only the mix of N?). Exploratory: the same head fitted (cross-fitted on the held-out
+   halves) to each face's oracle N instead of its error.
 Scores: PSNR, SSIM, FID, KID x 1000 against the HQ faces, overall and per family, and 95%
 paired-bootstrap intervals of auto minus each fixed N. Writes results.json, results.md and
 auto_start.png (PSNR against KID: the fixed-N curve, auto, the oracle) under --out.
@@ -203,6 +204,15 @@ def main(argv=None) -> int:
             auto_n[h] = [start_step(e, abar, rule) for e in errors[h]]
         auto_ns[label] = auto_n
     auto_ns["auto, N shuffled"] = np.random.default_rng(args.seed).permutation(auto_ns["auto"])
+    # exploratory: the head fitted to each face's oracle N (its noise-to-signal ratio) instead of the
+    # error, cross-fitted on the held-out halves
+    target = torch.tensor([max((1 - abar[n]) / abar[n], (1 - abar[1]) / abar[1]) for n in oracle_n])
+    fitted_n = np.zeros(len(keys), dtype=int)
+    for h in halves:
+        w = fit_weights(held["features"][torch.from_numpy(~h)], target[torch.from_numpy(~h)])
+        nsr = predicted_error(held["features"][torch.from_numpy(h)], w).numpy()
+        fitted_n[h] = [start_step(v, abar, AutoStart(constant=1.0, max_step=args.max_step)) for v in nsr]
+    auto_ns["auto, head fitted to the oracle N"] = fitted_n
     for label, auto_n in auto_ns.items():
         auto_images: list = [None] * len(keys)
         for n in sorted(set(auto_n.tolist())):
@@ -215,7 +225,8 @@ def main(argv=None) -> int:
 
     # scores
     rows, kept = [], {}
-    labels = [*args.n_values, "oracle", "auto, true error", "auto, N shuffled", "auto"]
+    labels = [*args.n_values, "oracle", "auto, true error", "auto, N shuffled", "auto, head fitted to the oracle N",
+              "auto"]
     for label in labels:
         name = f"N = {label}" if isinstance(label, int) else label
         row = scorer(name, images[label])
@@ -294,7 +305,7 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.plot([r["kid_x1000"] for r in fixed], [r["psnr"] for r in fixed], "o-", label="fixed N")
     for r in fixed:
         ax.annotate(r["label"][4:], (r["kid_x1000"], r["psnr"]), textcoords="offset points", xytext=(4, 4))
-    for r, style in zip([r for r in rows if not r["label"].startswith("N = ")], ("s", "^", "v", "*")):
+    for r, style in zip([r for r in rows if not r["label"].startswith("N = ")], ("s", "^", "v", "D", "*")):
         ax.plot([r["kid_x1000"]], [r["psnr"]], style, markersize=11, label=r["label"])
     ax.set(xlabel="KID ×1000 ↓", ylabel="PSNR (dB) ↑", title="start step per face against fixed N")
     ax.grid(alpha=0.3)
