@@ -173,7 +173,7 @@ class Handler:
         method = self.restorer.sampling(start_step, steps or None, str(sampler))
         chosen = [result.info.get("start_step")] if aligned else [f.start_step for f in result.faces]
         evals = (", ".join(f"N = {n} ({len(method.with_start_step(n).timesteps)} network evaluations)" for n in chosen)
-                 if method.auto is not None else f"{len(method.timesteps)} network evaluations")
+                 if method.auto is not None and chosen else f"{len(method.timesteps)} network evaluations")
         return self.outputs(src, self.save(src, result, bool(aligned)), result, bool(aligned), show_estimate,
                             seconds, evals)
 

@@ -309,6 +309,8 @@ def build_restorer(cfg, args):
 def run(cfg, jobs, args) -> dict:
     """Build the model once, stream the inputs, return the run summary."""
     from tqdm import tqdm
+
+    from datapipe.jobs import summarise
     restorer = build_restorer(cfg, args)
     for note in restorer.notes:
         log(f"warning: {note}")
@@ -335,7 +337,6 @@ def run(cfg, jobs, args) -> dict:
         else:
             run_photos(restorer, photos, bar, args)
     run_videos(restorer, videos, args)
-    from datapipe.jobs import summarise
     return summarise(jobs)
 
 

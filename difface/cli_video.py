@@ -70,8 +70,8 @@ def plan_inputs(src: Path, out: Path, args: argparse.Namespace, plan_images) -> 
 def split_videos(jobs: list) -> tuple[list, list]:
     """(the image jobs, the video jobs)."""
     from datapipe.video import is_video_file
-    videos = [job for job in jobs if is_video_file(job.source)]
-    return [job for job in jobs if job not in videos], videos
+    kinds = [is_video_file(job.source) for job in jobs]
+    return [j for j, v in zip(jobs, kinds) if not v], [j for j, v in zip(jobs, kinds) if v]
 
 
 def run_videos(restorer, jobs: list, args: argparse.Namespace) -> None:

@@ -284,10 +284,11 @@ class Restorer:
         return results
 
     def restore_crops(self, method: DifFace, crops: torch.Tensor, keys: Sequence[str], seed: int,
-                      num_samples: int, masks: torch.Tensor | None = None):
+                      num_samples: int, masks: torch.Tensor | None = None, given: torch.Tensor | None = None):
         """Restore (N, 3, S, S) model-size crops in batches; one generator per (seed, key, sample).
 
-        The estimate f(y) is computed once per face; the samples of a batch run together (a batch
+        The estimate f(y) is computed once per face (or taken from `given`, (N, 3, S, S): e.g. a
+        video track's estimates averaged over frames); the samples of a batch run together (a batch
         of batch_size x num_samples chains), each from its own generator, so the result equals
         sample-by-sample restoration. masks: (N, 1, S, S), 1 = hole, for inpainting.
         Returns ([samples] each (N, 3, S, S) on the CPU, estimates (N, 3, S, S), each face's start
@@ -304,7 +305,7 @@ class Restorer:
             y = crops[i:i + batch_size].to(device)
             mask = masks[i:i + batch_size].to(device) if masks is not None else None
             batch_keys, n = keys[i:i + batch_size], len(y)
-            estimate = method.estimate_input(y, mask)
+            estimate = method.estimate_input(y, mask) if given is None else given[i:i + batch_size].to(device)
             generators = [image_generator(seed, key, k) for k in range(num_samples) for key in batch_keys]
             result = method.restore(repeat(y), generator=generators, mask=repeat(mask), estimate=repeat(estimate))
             for k in range(num_samples):
@@ -405,7 +406,7 @@ class Restorer:
         num_samples = self.cfg.num_samples if num_samples is None else num_samples
         crops = [p.pending.crops for p in photos if p.pending.num_faces]
         keys = [k for p in photos for k in p.pending.keys]
-        samples, _, starts = self.restore_crops(method, torch.cat(crops), keys, seed, num_samples) if crops else ([], 0, [])
+        samples, _, starts = self.restore_crops(method, torch.cat(crops), keys, seed, num_samples) if crops else ([], None, [])
         results, first = [], 0
         for p in photos:
             count = p.pending.num_faces

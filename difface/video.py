@@ -47,7 +47,7 @@ from datapipe.limits import MAX_DOWNSCALE
 from datapipe.photos import PendingPhoto, PhotoResult, finish_photo
 from datapipe.tracks import FaceTracker, MotionFilter, TrackWindow
 from datapipe.video import DecodedFrame, VideoError, VideoWriter, probe_video, read_frames
-from models.difface import image_generator
+from models.difface import DifFace
 
 VIDEO_ETA = 0.0  # a deterministic sampler path unless eta is given: the track's noise is all its randomness
 DEFAULT_DETECTION_WEIGHT = 0.2  # landmarks follow the measured motion, pulled 20% towards each detection
@@ -109,7 +109,7 @@ class _Frame:
 @dataclass
 class _Settings:
     name: str
-    method: object
+    method: DifFace
     seed: int
     upscale: int
     allow_downscale: bool
@@ -238,7 +238,7 @@ def _finish(restorer, ready: list[_Frame], run: _Settings) -> Iterator[RestoredF
     if keys:
         crops = torch.cat([f.pending.crops for f in ready if f.tracks])
         estimates = torch.cat([f.estimates for f in ready if f.tracks])
-        restored = _sample(restorer, run, crops, estimates, keys)
+        restored = restorer.restore_crops(run.method, crops, keys, run.seed, 1, given=estimates)[0][0]
     share = (time.perf_counter() - start) / max(1, len(keys))
     done, first = [], 0
     for frame in ready:
@@ -252,18 +252,6 @@ def _finish(restorer, ready: list[_Frame], run: _Settings) -> Iterator[RestoredF
         done.append(RestoredFrame(frame.index, frame.time, image, frame.tracks, photo, seconds))
     ready.clear()
     yield from done
-
-
-def _sample(restorer, run: _Settings, crops: torch.Tensor, estimates: torch.Tensor, keys: list[str]) -> torch.Tensor:
-    """DifFace from given estimates, `batch_size` faces at a time, each face from the generator of its key
-    (sample 0, as `Restorer.restore_crops` draws). crops, estimates: (F, 3, S, S) [0, 1]; returns the samples."""
-    out, size, device = [], restorer.cfg.batch_size, restorer.device
-    for i in range(0, len(keys), size):
-        generators = [image_generator(run.seed, key, 0) for key in keys[i:i + size]]
-        result = run.method.restore(crops[i:i + size].to(device), generator=generators,
-                                    estimate=estimates[i:i + size].to(device))
-        out.append(result.sample.cpu())
-    return torch.cat(out)
 
 
 Progress = Callable[[int, int], None]  # (frames done, frames expected; 0 when unknown)

@@ -348,12 +348,12 @@ class DifFace:
         steps = self.start_steps_for(x0_hat, y_model)
         groups = {n: [i for i, m in enumerate(steps) if m == n] for n in sorted(set(steps))}
         methods = {n: self.with_start_step(n) for n in groups}
-        total, done = sum(len(m.timesteps) for m in methods.values()), [0]
+        total, done = sum(len(m.timesteps) for m in methods.values()), 0
         sample = estimate = None
         for n, idx in groups.items():
             method = methods[n]
             if self.on_evaluation is not None:
-                method.on_evaluation = lambda k, _, before=done[0]: self.on_evaluation(before + k, total)
+                method.on_evaluation = lambda k, _, before=done: self.on_evaluation(before + k, total)
             pick = torch.tensor(idx, device=y.device)
             gens = [generator[i] for i in idx] if isinstance(generator, (list, tuple)) else generator
             part = method.restore(y[pick], generator=gens,
@@ -363,7 +363,7 @@ class DifFace:
                 sample = part.sample.new_empty((len(steps), *part.sample.shape[1:]))
                 estimate = part.estimate.new_empty((len(steps), *part.estimate.shape[1:]))
             sample[pick], estimate[pick] = part.sample, part.estimate
-            done[0] += len(method.timesteps)
+            done += len(method.timesteps)
         return Restoration(sample=sample, estimate=estimate, start_steps=steps)
 
 
