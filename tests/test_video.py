@@ -1,7 +1,6 @@
 """Videos end to end on CPU: clips made here with PyAV (a real face moving on a background, a sine
 audio track), restored by the command line and the library with the tiny random-weight model."""
 import json
-from fractions import Fraction
 from pathlib import Path
 
 import av
