@@ -66,6 +66,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="reverse-process sampler: ddim, ddpm, dpmpp_2m (few steps: with --steps K), "
                         "dpmpp_2m_sde (the registry of models/samplers.py)")
     g.add_argument("--num-samples", type=at_least(1), help="restorations per input, from different noise")
+    g.add_argument("--select", choices=["all", "fidelity"],
+                   help="with --num-samples K: write every sample (all), or per face the one whose coarse content "
+                        "is nearest the estimate (fidelity; docs/auto_start.md#best-of-several-samples)")
     g.add_argument("--seed", type=int, help="random seed (each image gets its own stream)")
     r = p.add_argument_group("running")
     r.add_argument("--batch-size", type=at_least(1), help="faces restored together")
@@ -138,7 +141,7 @@ def resolve_config(args: argparse.Namespace):
 
     flags = {"sampling.start_step": args.start_step, "sampling.steps": args.steps,
              "sampling.eta": args.eta, "sampling.sampler": args.sampler,
-             "num_samples": args.num_samples, "seed": args.seed, "batch_size": args.batch_size,
+             "num_samples": args.num_samples, "select": args.select, "seed": args.seed, "batch_size": args.batch_size,
              "device": args.device, "dtype": args.dtype, "compile": args.compile,
              "sampling.official_start": False if args.textbook_start else None, "task": args.task}
     overrides = list(args.overrides) + [f"{k}={v}" for k, v in flags.items() if v is not None]
@@ -257,7 +260,7 @@ def run_photos(restorer, jobs, bar, args) -> None:
                                      + res.samples[1:], axis=1)
             if write_all(job, res.samples, cmp=cmp, overwrite=args.overwrite):
                 if args.save_faces:
-                    save_faces(out, job, res.photo, cfg.num_samples)
+                    save_faces(out, job, res.photo, len(res.samples))
                 seconds += share * photo_input.num_faces + time.perf_counter() - began
                 found = res.photo.faces or res.photo.kept
                 job.record.update(status="done" if found else "no face", seconds=round(seconds, 3), **res.info)
@@ -369,7 +372,7 @@ def main(argv=None) -> int:
     from models.checkpoint import WeightsError
     from models.runtime import DeviceError
 
-    from .pipeline import ConfigError
+    from .pipeline import ConfigError, outputs_per_input
     if args.detector == "retinaface" and importlib.util.find_spec("facexlib") is None and not args.aligned:
         print("error: --detector retinaface needs the facexlib package (pip install facexlib); hog and cnn work "
               "offline as they are", file=sys.stderr)
@@ -382,7 +385,7 @@ def main(argv=None) -> int:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             jobs = plan_inputs(src, out, args, lambda: plan_jobs(
-                src, out, args.recursive, cfg.num_samples, args.save_estimate,
+                src, out, args.recursive, outputs_per_input(cfg.num_samples, cfg.select), args.save_estimate,
                 subdir="" if args.aligned else "restored_image", ext=args.ext, save_cmp=args.save_cmp))
         for w in caught:
             print(f"warning: {w.message}", file=sys.stderr)

@@ -64,6 +64,9 @@ class InferenceConfig:
     face: FaceConfig = field(default_factory=FaceConfig)
     seed: int = 12345
     num_samples: int = 1
+    # with num_samples > 1: keep every sample ('all'), or per face only the one whose coarse content
+    # is nearest the estimate ('fidelity', models/selection.py)
+    select: str = "all"
     batch_size: int = 1
     device: str = "auto"
     dtype: str = "fp32"
@@ -72,6 +75,14 @@ class InferenceConfig:
     low_precision_from_step: Optional[int] = None
     channels_last: bool = True  # networks in NHWC memory order (same values, faster convolutions)
     compile: bool = False  # torch.compile the networks (CUDA: CUDA graphs); long warm-up, for large runs
+
+
+SELECT_RULES = ("all", "fidelity")
+
+
+def outputs_per_input(num_samples: int, select: str) -> int:
+    """Images per input: every sample, or the one kept with `select: fidelity`."""
+    return 1 if select == "fidelity" else num_samples
 
 
 class ConfigError(ValueError):
@@ -157,6 +168,7 @@ def validate(cfg: InferenceConfig) -> None:
         (cfg.sampling.cache_interval >= 1, "sampling.cache_interval", ">= 1"),
         (cfg.sampling.cache_last_full >= 0, "sampling.cache_last_full", ">= 0"),
         (cfg.num_samples >= 1, "num_samples", ">= 1"),
+        (cfg.select in SELECT_RULES, "select", " or ".join(SELECT_RULES)),
         (cfg.batch_size >= 1, "batch_size", ">= 1"),
         (cfg.image_size >= 8, "image_size", ">= 8"),
         (len(cfg.face.template) == 5 and all(len(p) == 2 for p in cfg.face.template),

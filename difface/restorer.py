@@ -31,8 +31,10 @@ from datapipe.photos import (MIN_PHOTO_SIDE, PendingPhoto, PhotoResult, PhotoToo
                              finish_photo, prepare_photo)
 from models.difface import DifFace, image_generator, resize_mask
 from models.runtime import pick_device, pick_dtype
+from models.selection import faithful_choice
 
-from .pipeline import ConfigError, InferenceConfig, build_networks, load_config, make_difface, validate
+from .pipeline import (SELECT_RULES, ConfigError, InferenceConfig, build_networks, load_config, make_difface,
+                       outputs_per_input, validate)
 
 MIN_FACE_SIDE = 32  # smaller aligned inputs cannot hold a face worth restoring
 MAX_ASPECT = 1.25  # an aligned crop is square; up to 5:4 is taken (and resized), beyond is a photo
@@ -55,6 +57,7 @@ class FaceResult:
     crop: np.ndarray                # S x S x 3 uint8 RGB: the aligned input crop
     restored: list[np.ndarray]      # per sample, S x S x 3 uint8 RGB
     start_step: int | None = None   # the face's N with `start_step: auto`
+    kept_sample: int | None = None  # with `select: fidelity`, which of the samples was kept
 
 
 @dataclass
@@ -201,8 +204,9 @@ class Restorer:
     # ------------------------------------------------------------------ one image
 
     def restore(self, image, aligned: bool = False, *, seed: int | None = None, name: str | None = None,
-                num_samples: int | None = None, start_step: int | str | None = None, steps: int | None = None,
-                sampler: str | None = None, eta: float | None = None, mask=None, mask_style: str = "black",
+                num_samples: int | None = None, select: str | None = None, start_step: int | str | None = None,
+                steps: int | None = None, sampler: str | None = None, eta: float | None = None, mask=None,
+                mask_style: str = "black",
                 upscale: int = 2, only_center_face: bool = False, allow_downscale: bool = False,
                 draw_box: bool = False, progress: Progress | None = None) -> Result:
         """Restore one image: an aligned face crop (`aligned=True`) or a whole photo.
@@ -214,7 +218,9 @@ class Restorer:
         holes in the image itself (`mask_style` 'black': exactly black pixels; 'white': scribbles).
         Whole photos: `upscale`, `only_center_face`, `allow_downscale` (restore faces larger than
         1.5x the model size too), `draw_box`. `start_step='auto'`: N for each face from its predicted
-        error (the result's `info['start_step']`, or each face's `start_step`).
+        error (the result's `info['start_step']`, or each face's `start_step`). `select='fidelity'` with
+        num_samples > 1: only the sample whose coarse content is nearest the estimate is returned
+        (which one: `info['kept_sample']`, or each face's `kept_sample`).
         """
         name = name or _default_name(image)
         method = self.sampling(start_step, steps, sampler, eta, progress)
@@ -222,14 +228,16 @@ class Restorer:
         num_samples = self.cfg.num_samples if num_samples is None else int(num_samples)
         if num_samples < 1:
             raise ConfigError(f"num_samples must be >= 1, got {num_samples}")
+        if select is not None and select not in SELECT_RULES:
+            raise ConfigError(f"select must be {' or '.join(SELECT_RULES)}, got {select!r}")
         if aligned:
             item = self.prepare_aligned(image, name, mask, mask_style)
-            return self.restore_aligned([item], method, seed, num_samples)[0]
+            return self.restore_aligned([item], method, seed, num_samples, select)[0]
         if self.cfg.task == "inpainting":
             raise InputError("inpainting works on aligned faces: pass aligned=True")
         pending = self.prepare_photo(image, name, upscale=upscale, only_center_face=only_center_face,
                                      allow_downscale=allow_downscale, draw_box=draw_box)
-        return self.finish_photos([pending], method, seed, num_samples)[0]
+        return self.finish_photos([pending], method, seed, num_samples, select)[0]
 
     # ------------------------------------------------------------------ batches of aligned crops
 
@@ -262,41 +270,48 @@ class Restorer:
         return item
 
     def restore_aligned(self, items: Sequence[AlignedInput], method: DifFace | None = None,
-                        seed: int | None = None, num_samples: int | None = None) -> list[Result]:
+                        seed: int | None = None, num_samples: int | None = None,
+                        select: str | None = None) -> list[Result]:
         """Restore prepared aligned crops together (in batches of the config's batch_size)."""
         method = method or self.method
         seed = self.cfg.seed if seed is None else seed
         num_samples = self.cfg.num_samples if num_samples is None else num_samples
+        select = self.cfg.select if select is None else select
         size = (self.cfg.image_size,) * 2
         masks = None
         if self.cfg.task == "inpainting":
             masks = torch.stack([resize_mask(it.mask[None], size)[0] for it in items])
-        samples, estimates, starts = self.restore_crops(method, torch.stack([it.model_input for it in items]),
-                                                        [it.name for it in items], seed, num_samples, masks)
+        samples, estimates, notes = self.restore_crops(method, torch.stack([it.model_input for it in items]),
+                                                       [it.name for it in items], seed, num_samples, masks,
+                                                       select=select)
         results = []
         for n, it in enumerate(items):
             outs = [self.framing.from_model(s[n], it.image, it.affine, it.mask) for s in samples]
             estimate = self.framing.from_model(estimates[n], it.image, it.affine)
-            info = dict(it.info) if starts[n] is None else {**it.info, "start_step": starts[n]}
+            info = {**it.info, **notes[n]}
             results.append(Result(samples=[final_image(o, it.grey) for o in outs], name=it.name,
                                   input=final_image(it.image, it.grey), estimate=final_image(estimate, it.grey),
                                   info=info))
         return results
 
     def restore_crops(self, method: DifFace, crops: torch.Tensor, keys: Sequence[str], seed: int,
-                      num_samples: int, masks: torch.Tensor | None = None, given: torch.Tensor | None = None):
+                      num_samples: int, masks: torch.Tensor | None = None, given: torch.Tensor | None = None,
+                      select: str = "all"):
         """Restore (N, 3, S, S) model-size crops in batches; one generator per (seed, key, sample).
 
         The estimate f(y) is computed once per face (or taken from `given`, (N, 3, S, S): e.g. a
         video track's estimates averaged over frames); the samples of a batch run together (a batch
         of batch_size x num_samples chains), each from its own generator, so the result equals
         sample-by-sample restoration. masks: (N, 1, S, S), 1 = hole, for inpainting.
-        Returns ([samples] each (N, 3, S, S) on the CPU, estimates (N, 3, S, S), each face's start
-        step with `start_step: auto`, else None per face).
+        select 'fidelity' (with num_samples > 1): only each face's sample nearest its estimate in
+        coarse content is returned (models/selection.py).
+        Returns ([samples] each (N, 3, S, S) on the CPU, estimates (N, 3, S, S), a dict per face:
+        its `start_step` with `start_step: auto`, the `kept_sample` with select 'fidelity').
         """
         batch_size, device = self.cfg.batch_size, self.device
-        samples = [[] for _ in range(num_samples)]
-        estimates, starts = [], []
+        choose = select == "fidelity" and num_samples > 1
+        samples = [[] for _ in range(1 if choose else num_samples)]
+        estimates, notes = [], []
 
         def repeat(t):  # sample-major: row k * n + j is sample k of face j
             return None if t is None else t.repeat(num_samples, *[1] * (t.dim() - 1))
@@ -308,11 +323,22 @@ class Restorer:
             estimate = method.estimate_input(y, mask) if given is None else given[i:i + batch_size].to(device)
             generators = [image_generator(seed, key, k) for k in range(num_samples) for key in batch_keys]
             result = method.restore(repeat(y), generator=generators, mask=repeat(mask), estimate=repeat(estimate))
-            for k in range(num_samples):
-                samples[k].append(result.sample[k * n:(k + 1) * n].cpu())
+            batch_notes = [{} for _ in range(n)]
+            if result.start_steps is not None:
+                for note, step in zip(batch_notes, result.start_steps[:n]):
+                    note["start_step"] = step
+            per_sample = result.sample.unflatten(0, (num_samples, n))
+            if choose:
+                kept = faithful_choice(per_sample, result.estimate[:n])
+                samples[0].append(per_sample[kept, torch.arange(n)].cpu())
+                for note, k in zip(batch_notes, kept.tolist()):
+                    note["kept_sample"] = k
+            else:
+                for k in range(num_samples):
+                    samples[k].append(per_sample[k].cpu())
             estimates.append(result.estimate[:n].cpu())
-            starts += result.start_steps[:n] if result.start_steps is not None else [None] * n
-        return [torch.cat(s) for s in samples], torch.cat(estimates), starts
+            notes += batch_notes
+        return [torch.cat(s) for s in samples], torch.cat(estimates), notes
 
     # ------------------------------------------------------------------ whole photos
 
@@ -399,27 +425,31 @@ class Restorer:
             raise InputError(f"{name}: {e}") from None
 
     def finish_photos(self, photos: Sequence["PhotoInput"], method: DifFace | None = None,
-                      seed: int | None = None, num_samples: int | None = None) -> list[Result]:
+                      seed: int | None = None, num_samples: int | None = None,
+                      select: str | None = None) -> list[Result]:
         """Restore the faces of prepared photos together and paste them back, one Result per photo."""
         method = method or self.method
         seed = self.cfg.seed if seed is None else seed
         num_samples = self.cfg.num_samples if num_samples is None else num_samples
+        select = self.cfg.select if select is None else select
+        outputs = outputs_per_input(num_samples, select)
         crops = [p.pending.crops for p in photos if p.pending.num_faces]
         keys = [k for p in photos for k in p.pending.keys]
-        samples, _, starts = self.restore_crops(method, torch.cat(crops), keys, seed, num_samples) if crops else ([], None, [])
+        samples, _, notes = (self.restore_crops(method, torch.cat(crops), keys, seed, num_samples, select=select)
+                             if crops else ([], None, []))
         results, first = [], 0
         for p in photos:
             count = p.pending.num_faces
             photo = finish_photo(p.pending, [s[first:first + count] for s in samples])
             manifest = photo.manifest()
-            for d, n in zip(manifest["faces"], starts[first:first + count]):
-                if n is not None:
-                    d["start_step"] = n
+            for d, note in zip(manifest["faces"], notes[first:first + count]):
+                d.update(note)
             first += count
             faces = [FaceResult(box=d["box"], landmarks=d["landmarks"], score=d["score"], crop=photo.crops[k],
-                                restored=[r[k] for r in photo.restored], start_step=d.get("start_step"))
+                                restored=[r[k] for r in photo.restored], start_step=d.get("start_step"),
+                                kept_sample=d.get("kept_sample"))
                      for k, d in enumerate(manifest["faces"])]
-            images = photo.images if len(photo.images) == num_samples else photo.images * num_samples  # no face
+            images = photo.images if len(photo.images) == outputs else photo.images * outputs  # no face
             results.append(Result(samples=[final_image(im, p.grey) for im in images], name=p.name, input=p.photo,
                                   faces=faces, photo=photo, info={**p.info, **manifest}))
         return results

@@ -1,7 +1,8 @@
 """The held-out-faces harness of the evaluation scripts (scripts/reproduce_small.py,
-scripts/solver_quality.py): load a held-out split at the model size, degrade each face once with
-a seeded blind degradation, restore sets with one DifFace per setting around networks loaded
-once, and score them (PSNR / SSIM per image, FID against the HQ set).
+scripts/solver_quality.py, scripts/auto_start.py, scripts/select_samples.py): load a held-out
+split at the model size, degrade each face once with a seeded blind degradation (or one of
+several families), restore sets with one DifFace per setting around networks loaded once, and
+score them (PSNR / SSIM per image, FID against the HQ set).
 """
 from __future__ import annotations
 
@@ -108,6 +109,35 @@ def degrade(faces: Faces, config: BlindDegradationConfig, seed: int, tag: str, o
         write_image(out_dir / f"{stem}.png", lq[-1])
     (out_dir / "params.json").write_text(json.dumps({"ranges": asdict(config), "images": params}, indent=1))
     return torch.stack(lq)
+
+
+# Families of degradations at 64 px (blur sigma and downsampling of the 512 px training ranges / 8)
+# the held-out faces are dealt to in turn (scripts/auto_start.py, scripts/select_samples.py): mild
+# and severe mixes of every step of the blind degradation, and one strong step with the others quiet.
+QUIET = dict(blur_sigma=[0.1, 0.4], downsample_range=[1.0, 1.5], noise_range=[0.0, 3.0], jpeg_range=[85.0, 100.0])
+FAMILIES = {
+    "mild": dict(blur_sigma=[0.1, 0.6], downsample_range=[0.8, 2.0], noise_range=[0.0, 5.0], jpeg_range=[70.0, 100.0]),
+    "blur": dict(QUIET, blur_sigma=[1.2, 2.5]),
+    "downsampling": dict(QUIET, downsample_range=[4.0, 8.0]),
+    "noise": dict(QUIET, noise_range=[15.0, 30.0]),
+    "jpeg": dict(QUIET, jpeg_range=[10.0, 30.0]),
+    "severe": dict(blur_sigma=[1.0, 2.5], downsample_range=[4.0, 10.0], noise_range=[10.0, 25.0],
+                   jpeg_range=[20.0, 60.0]),
+}
+MILD_FAMILIES = ("mild",)
+
+
+def degrade_families(faces: Faces, seed: int, out: Path) -> tuple[torch.Tensor, list[str]]:
+    """LQ faces (B, 3, S, S) and each face's family of FAMILIES (dealt in turn), written under out/lq/<family>/."""
+    names = list(FAMILIES)
+    family = [names[i % len(names)] for i in range(len(faces.keys))]
+    lq = torch.empty_like(faces.hq)
+    for name in names:
+        idx = [i for i, f in enumerate(family) if f == name]
+        subset = Faces([faces.keys[i] for i in idx], faces.hq[idx])
+        config = degradation_config(None, dict(FAMILIES[name], blur_kernel_size=13))
+        lq[idx] = degrade(subset, config, seed, name, out / "lq" / name)
+    return lq, family
 
 
 def to_uint8(batch: torch.Tensor) -> list[np.ndarray]:

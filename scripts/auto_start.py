@@ -5,25 +5,23 @@
 
 The held-out faces are dealt in turn to the degradation families of FAMILIES (mild and severe
 mixes of every step of the blind degradation, and strong blur, downsampling, noise or JPEG alone)
-and degraded once each (seeded per face, as in scripts/reproduce_small.py). Then:
-1. Error prediction: the error head of models/auto_start.py (five weights) is fitted by least
-   squares on --train-images faces of --train, degraded with the estimator's training ranges
-   (--degradation-from); on the held-out faces each face's estimator error (mean square of
-   f(y) - x in [-1, 1] units) is compared with the head's prediction and with the bare probe
-   distance at each of --probe-steps (the first feeds the head): Spearman rank correlation,
-   overall and per family.
-2. Fixed N: every face restored at each N of --n-values (--sampler, --steps K evaluations each).
+and degraded once each (seeded per face, as in scripts/reproduce_small.py). Everything auto uses is
+fitted on training faces (--train), degraded with the estimator's training ranges
+(--degradation-from), never on the held-out faces:
+1. Two heads of models/auto_start.py (five weights each, least squares): the error head, fitted to
+   the estimator error (mean square of f(y) - x in [-1, 1] units) of --train-images faces; and the
+   oracle head, fitted to the oracle N (below) of the first --oracle-images of them, as a
+   noise-to-signal ratio. The constant c of the rule is chosen for each on a grid, on the training
+   faces, to bring their results nearest their HQ faces. On the held-out faces: Spearman rank
+   correlation of each head and of the bare probe (at each of --probe-steps; the first feeds the
+   heads) with the true error, overall and per family.
+2. Fixed N: every held-out face restored at each N of --n-values (--sampler, --steps K each).
 3. The oracle: each face at the N of (2) whose result is nearest its HQ face in Inception pool3
    features (the space KID and FID are measured in; LPIPS needs backbone weights this harness does
-   not assume).
-4. auto: N per face by the SNR rule with the constant fitted on the other half of the faces
-   (cross-fitted: even and odd faces; each face's N comes from a constant that never saw it), the
-   constant chosen on a grid to bring the fixed-N results nearest to each face's HQ face in the
-   same feature space; every face gets the same K evaluations as the fixed rows. The constant for
-   the config is the one fitted on all faces. Two controls: the rule fed the true error (its
-   ceiling), and auto's N values dealt to the faces at random (is it the choice per face that
-   helps, or only the mix of N?). Exploratory: the same head fitted (cross-fitted on the held-out
-   halves) to each face's oracle N instead of its error.
+   not assume). The training faces' oracle N is found the same way.
+4. auto (the oracle head), the error head, the rule fed the true error (its ceiling as an error
+   rule), and auto's N values dealt to the faces at random (is it the choice per face that helps,
+   or only the mix of N?); every face gets the same K evaluations as the fixed rows.
 Scores: PSNR, SSIM, FID, KID x 1000 against the HQ faces, overall and per family, and 95%
 paired-bootstrap intervals of auto minus each fixed N. Writes results.json, results.md and
 auto_start.png (PSNR against KID: the fixed-N curve, auto, the oracle) under --out.
@@ -42,24 +40,13 @@ import torch
 
 import metrics.heldout as rs
 from difface.pipeline import ConfigError, load_config, sampling_of
+from metrics.heldout import FAMILIES, MILD_FAMILIES, degrade_families
 from metrics.kid import kernel_inception_distance
-from models.auto_start import (FEATURES, AutoStart, error_features, fit_weights, predicted_error, probe_error,
-                               start_step)
+from models.auto_start import (FEATURES, AutoStart, error_features, fit_weights, noise_to_signal, predicted_error,
+                               probe_error, start_step)
 from models.difface import DifFace
 from models.runtime import pick_device
 
-# Ranges at 64 px (blur sigma and downsampling of the 512 px training ranges / 8).
-QUIET = dict(blur_sigma=[0.1, 0.4], downsample_range=[1.0, 1.5], noise_range=[0.0, 3.0], jpeg_range=[85.0, 100.0])
-FAMILIES = {
-    "mild": dict(blur_sigma=[0.1, 0.6], downsample_range=[0.8, 2.0], noise_range=[0.0, 5.0], jpeg_range=[70.0, 100.0]),
-    "blur": dict(QUIET, blur_sigma=[1.2, 2.5]),
-    "downsampling": dict(QUIET, downsample_range=[4.0, 8.0]),
-    "noise": dict(QUIET, noise_range=[15.0, 30.0]),
-    "jpeg": dict(QUIET, jpeg_range=[10.0, 30.0]),
-    "severe": dict(blur_sigma=[1.0, 2.5], downsample_range=[4.0, 10.0], noise_range=[10.0, 25.0],
-                   jpeg_range=[20.0, 60.0]),
-}
-MILD_FAMILIES = ("mild",)
 CONSTANTS = np.geomspace(0.01, 100, 81)  # the grid the calibration constant is chosen from
 
 
@@ -78,7 +65,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-images", type=int, default=500)
     p.add_argument("--train", type=Path, required=True, metavar="DIR",
                    help="training faces the error head is fitted on (not the held-out ones)")
-    p.add_argument("--train-images", type=int, default=2000)
+    p.add_argument("--train-images", type=int, default=2000, help="faces the error head is fitted on")
+    p.add_argument("--oracle-images", type=int, default=600,
+                   help="the first this many of them are restored at every N for the oracle head (default: %(default)s)")
     p.add_argument("--degradation-from", default="configs/train/demo_estimator.yaml", metavar="YAML",
                    help="the degradation ranges of the fitting faces: the estimator's training ranges")
     p.add_argument("--seed", type=int, default=0)
@@ -87,19 +76,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu")
     p.add_argument("--fid-backbone", default="fid_helper", choices=["auto", "pytorch_fid", "fid_helper"])
     return p.parse_args(argv)
-
-
-def degrade_families(faces: rs.Faces, seed: int, out: Path) -> tuple[torch.Tensor, list[str]]:
-    """LQ faces (B, 3, S, S) and each face's family (dealt in turn)."""
-    names = list(FAMILIES)
-    family = [names[i % len(names)] for i in range(len(faces.keys))]
-    lq = torch.empty_like(faces.hq)
-    for name in names:
-        idx = [i for i, f in enumerate(family) if f == name]
-        subset = rs.Faces([faces.keys[i] for i in idx], faces.hq[idx])
-        config = rs.degradation_config(None, dict(FAMILIES[name], blur_kernel_size=13))
-        lq[idx] = rs.degrade(subset, config, seed, name, out / "lq" / name)
-    return lq, family
 
 
 def spearman(a, b) -> float:
@@ -164,55 +140,70 @@ def main(argv=None) -> int:
                 "features": error_features(probes_[args.probe_steps[0]], est_, lq_set)}
 
     plain = method(0)
+
+    def restored_distances(lq_set: torch.Tensor, est_set: torch.Tensor, set_keys: list[str], hq_feats: np.ndarray,
+                           tag: str) -> tuple[dict, np.ndarray]:
+        """Each face restored at every N of --n-values: (images per N, feature distances faces x N)."""
+        imgs, dist = {}, []
+        for n in args.n_values:
+            imgs[n] = rs.to_uint8(est_set) if n == 0 else runner.restore(method(n), lq_set, set_keys, f"{tag} N = {n}")[0]
+            dist.append(((scorer.fid.stats(imgs[n]).features - hq_feats) ** 2).sum(1))
+        return imgs, np.stack(dist, 1)
+
+    # 1. training faces: the error head on --train-images of them; each of the first --oracle-images
+    #    restored at every fixed N, its oracle N, and the head fitted to it
     train = rs.load_heldout(args.train, cfg.image_size, args.train_images)
     train_lq = rs.degrade(train, rs.degradation_config(args.degradation_from), args.seed, "train", args.out / "train_lq")
     fitted = measure(train_lq, train.hq, train.keys)
-    weights = fit_weights(fitted["features"], fitted["error"])
+    m = min(args.oracle_images, len(train.keys))
+    cache = args.out / "train_distances.npz"
+    if cache.is_file() and np.load(cache)["n_values"].tolist() == args.n_values and len(np.load(cache)["d"]) == m:
+        train_distances = np.load(cache)["d"]
+    else:
+        train_hq_features = scorer.fid.stats(rs.to_uint8(train.hq[:m])).features
+        train_distances = restored_distances(train_lq[:m], fitted["est"][:m], train.keys[:m], train_hq_features,
+                                             "training faces")[1]
+        np.savez(cache, d=train_distances, n_values=np.array(args.n_values))
+    train_oracle_n = [args.n_values[b] for b in train_distances.argmin(1)]
+    floor = noise_to_signal(float(abar[1]))
+    oracle_target = torch.tensor([max(noise_to_signal(float(abar[n])), floor) for n in train_oracle_n])
+    heads = {"error head": fit_weights(fitted["features"], fitted["error"]),
+             "oracle head": fit_weights(fitted["features"][:m], oracle_target)}
+    train_predicted = {"auto, true error": fitted["error"][:m].numpy(),
+                       **{label: predicted_error(fitted["features"][:m], w).numpy() for label, w in heads.items()}}
+    constants = {label: choose_constant(v, train_distances, args.n_values, abar, args.max_step)
+                 for label, v in train_predicted.items()}
+    print(json.dumps({"weights": heads, "constants": constants}, indent=1), file=sys.stderr)
+
+    # 2. held-out faces: error prediction
     held = measure(lq, faces.hq, keys)
     est, true_error = held["est"], held["error"].numpy()
     predicted = {f"probe at t = {tp}": held["probe"][tp].numpy() for tp in args.probe_steps}
-    predicted["error head"] = predicted_error(held["features"], weights).numpy()
+    predicted["error head"] = predicted_error(held["features"], heads["error head"]).numpy()
+    predicted["oracle head"] = predicted_error(held["features"], heads["oracle head"]).numpy()
     names = list(FAMILIES)
     correlation = {label: {"all": spearman(v, true_error),
                            **{f: spearman(v[[x == f for x in family]], true_error[[x == f for x in family]])
                               for f in names}} for label, v in predicted.items()}
     print(json.dumps(correlation, indent=1), file=sys.stderr)
 
-    # 2. fixed N; per-face feature distances
-    images, features = {}, {}
-    for n in args.n_values:
-        images[n] = rs.to_uint8(est) if n == 0 else runner.restore(method(n), lq, keys, f"N = {n}")[0]
-        features[n] = scorer.fid.stats(images[n]).features
-    distances = np.stack([((features[n] - hq_features) ** 2).sum(1) for n in args.n_values], 1)
-
-    # 3. oracle
+    # 3. fixed N and the oracle
+    images, distances = restored_distances(lq, est, keys, hq_features, "held-out")
     best = distances.argmin(1)
     oracle_n = [args.n_values[b] for b in best]
     images["oracle"] = [images[args.n_values[b]][i] for i, b in enumerate(best)]
 
-    # 4. auto, cross-fitted, from the error head and (the rule's ceiling) from the true error; and the
-    #    head's N dealt to the faces at random (does the choice per face matter, or only the mix of N?)
-    halves = [np.arange(len(keys)) % 2 == h for h in (0, 1)]
-    fits, auto_ns = {}, {}
-    for label, errors in (("auto, true error", true_error), ("auto", predicted["error head"])):
-        constants = [choose_constant(errors[~h], distances[~h], args.n_values, abar, args.max_step) for h in halves]
-        fits[label] = {"even faces (fitted on odd)": constants[0], "odd faces (fitted on even)": constants[1],
-                       "all faces": choose_constant(errors, distances, args.n_values, abar, args.max_step)}
-        auto_n = np.zeros(len(keys), dtype=int)
-        for h, c in zip(halves, constants):
-            rule = AutoStart(constant=c, probe_step=args.probe_steps[0], max_step=args.max_step)
-            auto_n[h] = [start_step(e, abar, rule) for e in errors[h]]
-        auto_ns[label] = auto_n
+    # 4. auto: the oracle head (the shipped rule), the error head, the rule fed the true error (its
+    #    ceiling), and the oracle head's N dealt to the faces at random (does the choice per face
+    #    matter, or only the mix of N?); every weight and constant fitted on the training faces
+    rule_inputs = {"auto, true error": true_error, "auto, error head": predicted["error head"],
+                   "auto": predicted["oracle head"]}
+    heads_of = {"auto, true error": "auto, true error", "auto, error head": "error head", "auto": "oracle head"}
+    auto_ns = {label: np.array([start_step(e, abar, AutoStart(constant=constants[heads_of[label]],
+                                                                max_step=args.max_step)) for e in v])
+               for label, v in rule_inputs.items()}
     auto_ns["auto, N shuffled"] = np.random.default_rng(args.seed).permutation(auto_ns["auto"])
-    # exploratory: the head fitted to each face's oracle N (its noise-to-signal ratio) instead of the
-    # error, cross-fitted on the held-out halves
-    target = torch.tensor([max((1 - abar[n]) / abar[n], (1 - abar[1]) / abar[1]) for n in oracle_n])
-    fitted_n = np.zeros(len(keys), dtype=int)
-    for h in halves:
-        w = fit_weights(held["features"][torch.from_numpy(~h)], target[torch.from_numpy(~h)])
-        nsr = predicted_error(held["features"][torch.from_numpy(h)], w).numpy()
-        fitted_n[h] = [start_step(v, abar, AutoStart(constant=1.0, max_step=args.max_step)) for v in nsr]
-    auto_ns["auto, head fitted to the oracle N"] = fitted_n
+    agreement = {label: spearman(n, oracle_n) for label, n in auto_ns.items()}
     for label, auto_n in auto_ns.items():
         auto_images: list = [None] * len(keys)
         for n in sorted(set(auto_n.tolist())):
@@ -225,8 +216,7 @@ def main(argv=None) -> int:
 
     # scores
     rows, kept = [], {}
-    labels = [*args.n_values, "oracle", "auto, true error", "auto, N shuffled", "auto, head fitted to the oracle N",
-              "auto"]
+    labels = [*args.n_values, "oracle", "auto, true error", "auto, error head", "auto, N shuffled", "auto"]
     for label in labels:
         name = f"N = {label}" if isinstance(label, int) else label
         row = scorer(name, images[label])
@@ -248,8 +238,9 @@ def main(argv=None) -> int:
                        "steps": args.steps, "seed": args.seed, "machine": rs.machine(device),
                        "command": " ".join(["scripts/auto_start.py", *(argv or sys.argv[1:])]),
                        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
-              "correlation": correlation, "head_weights": weights,
-              "constants": fits,
+              "correlation": correlation, "head_weights": heads, "constants": constants,
+              "training_oracle_n": {str(n): train_oracle_n.count(n) for n in args.n_values},
+              "agreement_with_oracle_n": agreement,
               "auto_n": {label: {"all": float(np.median(n)), **{f: float(np.median(n[[x == f for x in family]]))
                                                                for f in names}} for label, n in auto_ns.items()},
               "oracle_n": {f: float(np.median([n for n, x in zip(oracle_n, family) if x == f])) for f in names},
@@ -273,8 +264,10 @@ def markdown(report: dict) -> str:
     lines.append("|---" * (len(first) + 1) + "|")
     for label, c in report["correlation"].items():
         lines.append(f"| {label} | " + " | ".join(f"{c[f]:.3f}" for f in first) + " |")
-    lines += ["", f"Error head weights ({', '.join(FEATURES)}): {report['head_weights']}",
-              f"Constants: {report['constants']}", f"auto N: {report['auto_n']}", f"oracle N: {report['oracle_n']}",
+    lines += ["", f"Head weights ({', '.join(FEATURES)}): {report['head_weights']}",
+              f"Constants: {report['constants']}", f"Training faces' oracle N: {report['training_oracle_n']}",
+              f"Spearman of N with the held-out oracle N: {report['agreement_with_oracle_n']}",
+              f"auto N: {report['auto_n']}", f"oracle N: {report['oracle_n']}",
               "", "## Restorations", "",
               "| N | PSNR | SSIM | FID | KID×10³ | mild half PSNR / KID×10³ | severe half PSNR / KID×10³ |",
               "|---|---|---|---|---|---|---|"]
