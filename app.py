@@ -228,7 +228,7 @@ def build_app(restorer: Handler) -> gr.Blocks:
                                       value=False, elem_id="aligned")
                 start_step = gr.Slider(0, cfg.diffusion.steps - 1, value=cfg.sampling.start_step, step=1,
                                        label="start step N", info=START_STEP_HELP, elem_id="start-step")
-                auto_start = gr.Checkbox(label="start step per face (auto: from the estimator's predicted error)",
+                auto_start = gr.Checkbox(label="start step per face (auto)",
                                          value=bool(cfg.sampling.auto_start), visible=cfg.sampling.auto.weights is not None,
                                          elem_id="auto-start")
                 steps = gr.Slider(0, MAX_STEPS, value=cfg.sampling.steps or 0, step=1,

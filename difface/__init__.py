@@ -5,8 +5,8 @@
     res = r.restore("photo.jpg", seed=12345)                  # a whole photo; aligned=True for a face crop
     res.image                                                 # H x W x 3 uint8 RGB
 
-See `difface.restorer` for the options. Importing the package is cheap: torch loads with the
-first use of `Restorer`.
+See `difface.restorer` for the options and `difface.results` for what it returns. Importing the
+package is cheap: torch loads with the first use of `Restorer`.
 """
 from __future__ import annotations
 

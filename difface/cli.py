@@ -56,8 +56,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. sampling.eta=1.0")
     g = p.add_argument_group("sampling (default: the preset's value, see below)")
     g.add_argument("--start-step", type=start_step_arg, metavar="N|auto",
-                   help="base step (of 1000) the estimate is diffused to; 0 = the estimator alone; auto = for each "
-                        "face from its predicted estimator error (docs/auto_start.md)")
+                   help="base step (of 1000) the estimate is diffused to; 0 = the estimator alone; auto = chosen "
+                        "for each face by the preset's start-step head (docs/auto_start.md)")
     g.add_argument("--steps", type=at_least(1), help="number of network evaluations from N down to 0")
     g.add_argument("--textbook-start", action="store_true",
                    help="first network call at N itself (the official code starts one grid point lower)")
@@ -319,7 +319,7 @@ def run(cfg, jobs, args) -> dict:
         log(f"warning: {note}")
     log(restorer.describe())
     timesteps, auto = restorer.method.timesteps, restorer.method.auto
-    log(f"N for each face from its predicted error, {auto.min_step} to {auto.max_step}" if auto else
+    log(f"N chosen for each face (auto), {auto.min_step} to {auto.max_step}" if auto else
         f"{len(timesteps)} network evaluations per face, first at step {timesteps[0]}"
         if timesteps else "N = 0: the estimator's output alone, no diffusion steps")
     out = Path(args.output)

@@ -189,8 +189,8 @@ def validate(cfg: InferenceConfig) -> None:
     except ValueError as e:
         raise ConfigError(f"invalid value for 'sampling.{str(e).split(' ')[0]}': {e}") from None
     if s.auto_start and s.auto.weights is None:
-        raise ConfigError(f"start step 'auto' needs an error head for '{cfg.name}': sampling.auto.weights is not set "
-                          f"(scripts/auto_start.py fits one; the demo preset has one)")
+        raise ConfigError(f"start step 'auto' needs a start-step head for '{cfg.name}': sampling.auto.weights "
+                          f"is not set (scripts/auto_start.py fits one; the demo preset has one)")
     try:
         sampling_of(cfg).full_evaluations(cfg.diffusion.steps)
     except ValueError as e:  # the scalar cache settings are checked above: the list of full steps

@@ -16,7 +16,6 @@ import contextlib
 import queue
 import threading
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -27,14 +26,14 @@ from omegaconf import OmegaConf
 from datapipe.aligned import ModelFraming
 from datapipe.image_io import (ImageReadError, image_size, is_grey, read_image, tensor_to_uint8, to_grey,
                                uint8_to_tensor)
-from datapipe.photos import (MIN_PHOTO_SIDE, PendingPhoto, PhotoResult, PhotoTooLarge, check_output_size,
-                             finish_photo, prepare_photo)
+from datapipe.photos import MIN_PHOTO_SIDE, PhotoTooLarge, check_output_size, finish_photo, prepare_photo
 from models.difface import DifFace, image_generator, resize_mask
 from models.runtime import pick_device, pick_dtype
 from models.selection import faithful_choice
 
 from .pipeline import (SELECT_RULES, ConfigError, InferenceConfig, build_networks, load_config, make_difface,
                        outputs_per_input, validate)
+from .results import AlignedInput, FaceResult, PhotoInput, Result
 
 MIN_FACE_SIDE = 32  # smaller aligned inputs cannot hold a face worth restoring
 MAX_ASPECT = 1.25  # an aligned crop is square; up to 5:4 is taken (and resized), beyond is a photo
@@ -45,51 +44,6 @@ Progress = Callable[[int, int], None]  # (evaluations done, evaluations per chai
 
 class InputError(ValueError):
     """An input image (or its mask) cannot be restored; the message names it and says why."""
-
-
-@dataclass
-class FaceResult:
-    """One face of a whole photo: where it was found (input-photo pixels) and its crops."""
-
-    box: list[float]                # x0, y0, x1, y1
-    landmarks: list[list[float]]    # five (x, y) points
-    score: float
-    crop: np.ndarray                # S x S x 3 uint8 RGB: the aligned input crop
-    restored: list[np.ndarray]      # per sample, S x S x 3 uint8 RGB
-    start_step: int | None = None   # the face's N with `start_step: auto`
-    kept_sample: int | None = None  # with `select: fidelity`, which of the samples was kept
-
-
-@dataclass
-class Result:
-    """The restoration of one image. Images are H x W x 3 uint8 RGB numpy arrays, as written to files
-    (grey inputs give grey outputs)."""
-
-    samples: list[np.ndarray]
-    name: str
-    input: np.ndarray                # the input as read (whole photos: at the input's own size)
-    estimate: np.ndarray | None = None  # aligned faces: the estimator's output f(y) at the input size
-    faces: list[FaceResult] = field(default_factory=list)  # whole photos
-    photo: PhotoResult | None = None  # whole photos: everything found (kept, skipped, sizes)
-    info: dict = field(default_factory=dict)  # what the manifest records for this image
-
-    @property
-    def image(self) -> np.ndarray:
-        """The first (or only) sample."""
-        return self.samples[0]
-
-
-@dataclass
-class AlignedInput:
-    """An aligned crop ready for a batch: the image (3, H, W) [0, 1], its key, mask and model input."""
-
-    name: str
-    image: torch.Tensor
-    grey: bool
-    mask: torch.Tensor | None = None
-    model_input: torch.Tensor | None = None
-    affine: np.ndarray | None = None
-    info: dict = field(default_factory=dict)
 
 
 def _as_tensor(image, name: str, max_pixels: float | None) -> torch.Tensor:
@@ -464,21 +418,6 @@ class Restorer:
             return restore_video(self, path, out_path, **options)
         except VideoError as e:
             raise InputError(str(e)) from None
-
-
-@dataclass
-class PhotoInput:
-    """A photo prepared by `Restorer.prepare_photo`: faces found and aligned, not restored yet."""
-
-    name: str
-    photo: np.ndarray   # H x W x 3 uint8 RGB as read
-    grey: bool
-    pending: PendingPhoto
-    info: dict
-
-    @property
-    def num_faces(self) -> int:
-        return self.pending.num_faces
 
 
 def warn_relay(fn, *args, **kwargs):

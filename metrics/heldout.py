@@ -124,7 +124,6 @@ FAMILIES = {
     "severe": dict(blur_sigma=[1.0, 2.5], downsample_range=[4.0, 10.0], noise_range=[10.0, 25.0],
                    jpeg_range=[20.0, 60.0]),
 }
-MILD_FAMILIES = ("mild",)
 
 
 def degrade_families(faces: Faces, seed: int, out: Path) -> tuple[torch.Tensor, list[str]]:
@@ -261,18 +260,23 @@ def int_list(text: str) -> list[int]:
 
 
 def paired_intervals(psnr_a: np.ndarray, feat_a: np.ndarray, psnr_b: np.ndarray, feat_b: np.ndarray,
-                     hq: np.ndarray, reps: int = 200, seed: int = 0, fid: bool = False) -> dict[str, list[float]]:
-    """95% intervals of (a - b) in KID x 1000 and PSNR (and FID with `fid`) under a paired bootstrap
-    over the faces: a and b restore the same faces, and each draw resamples the faces once, for the
-    two sets and the HQ set (Inception features `hq`) alike."""
+                     hq: np.ndarray, reps: int = 200, seed: int = 0, fid: bool = False,
+                     per_image: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> dict[str, list[float]]:
+    """95% intervals of (a - b) in KID x 1000 and PSNR (and FID with `fid`, and the mean of each
+    per-image score of `per_image`: name -> (a's values, b's values)) under a paired bootstrap over
+    the faces: a and b restore the same faces, and each draw resamples the faces once, for the two
+    sets and the HQ set (Inception features `hq`) alike."""
     from metrics.fid import FidStats, frechet_distance
     from metrics.kid import polynomial_mmd2
     rng = np.random.default_rng(seed)
-    deltas = {"kid": [], "psnr": [], "fid": []}
+    per_image = per_image or {}
+    deltas = {"kid": [], "psnr": [], "fid": [], **{name: [] for name in per_image}}
     for _ in range(reps):
         i = rng.integers(0, len(hq), len(hq))
         deltas["kid"].append(1000 * (polynomial_mmd2(feat_a[i], hq[i]) - polynomial_mmd2(feat_b[i], hq[i])))
         deltas["psnr"].append(psnr_a[i].mean() - psnr_b[i].mean())
+        for name, (a, b) in per_image.items():
+            deltas[name].append(a[i].mean() - b[i].mean())
         if fid:
             target = FidStats.from_features(hq[i])
             deltas["fid"].append(frechet_distance(FidStats.from_features(feat_a[i]), target, method="fast")

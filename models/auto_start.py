@@ -1,23 +1,24 @@
-"""A start step N for each face, from a prediction of its estimator error (`start_step: auto`).
+"""A start step N for each face (`start_step: auto`), from how much noise the face needs.
 
 DifFace diffuses the estimate x0_hat = f(y) to step N so that the noise swamps the estimator's
 error e = x0_hat - x and the prior can repair it (docs/method.md). How much noise that takes
 depends on the face: at step N the noise-to-signal ratio of x_N = sqrt(abar_N) x0_hat +
-sqrt(1 - abar_N) z, in units of x0, is (1 - abar_N) / abar_N, and it has to reach the error's mean
-square. So for a predicted error E (mean square, images in [-1, 1]):
+sqrt(1 - abar_N) z, in units of x0, is (1 - abar_N) / abar_N. For a face whose head gives E:
 
     N(E) = the smallest step with (1 - abar_N) / abar_N >= c * E, clipped to [min_step, max_step]
 
 with one calibration constant c per model.
 
-E comes from a small error head over five numbers computed from the networks the preset
-already has (`error_features`): the probe (the estimate noised to a probe step t_p and predicted
-back by the prior: how much the prior changes it), the detail of the estimate and of the input,
-and how much the estimator changed the input; log E is linear in their logs (`predicted_error`,
-five weights fitted by least squares on synthetic degradations: `fit_weights`, used by
-scripts/auto_start.py). The probe's noise is one fixed draw for every face, so the prediction
-depends on the face alone: a face restored with auto at the N it is given is the fixed-N run with
-that N, bit for bit. Measured results: docs/auto_start.md.
+E comes from a small head over five numbers computed from the networks the preset already has
+(`error_features`): the probe (the estimate noised to a probe step t_p and predicted back by the
+prior: how much the prior changes it), the detail of the estimate and of the input, and how much
+the estimator changed the input; log E is linear in their logs (`predicted_error`, five weights
+fitted by least squares: `fit_weights`, used by scripts/auto_start.py). The head can be fitted to
+the estimator's mean-square error (E is then that error, and the rule matches the noise to it), or
+to the noise-to-signal ratio of each training face's best fixed N (E is then that ratio); the demo
+preset ships the latter, which measured better (docs/auto_start.md). The probe's noise is one
+fixed draw for every face, so E depends on the face alone: a face restored with auto at the N it
+is given is the fixed-N run with that N, bit for bit.
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ class AutoStart:
     min_step: int = 0         # N is clipped to [min_step, max_step]
     max_step: int = 400
     probes: int = 1           # noise draws averaged per face
-    # the error head: log E = weights . [1, log probe, log estimate detail, log input detail, log correction]
+    # the head: log E = weights . [1, log probe, log estimate detail, log input detail, log correction]
     weights: Optional[list[float]] = None
 
     def check(self, num_steps: int) -> None:
@@ -64,9 +65,10 @@ def noise_to_signal(alpha_bar: float) -> float:
 
 
 def start_step(error: float, alphas_cumprod: Sequence[float], auto: AutoStart) -> int:
-    """N for one face of predicted error `error` (mean square in [-1, 1] units): the smallest base
-    step whose noise-to-signal ratio reaches `auto.constant` * error, clipped to the rule's range.
-    `alphas_cumprod[n]` is abar of base step n (decreasing)."""
+    """N for one face whose head gives `error` (E: a predicted mean-square error in [-1, 1] units, or
+    a noise-to-signal ratio): the smallest base step whose noise-to-signal ratio reaches
+    `auto.constant` * E, clipped to the rule's range. `alphas_cumprod[n]` is abar of base step n
+    (decreasing)."""
     target = auto.constant * max(float(error), 0.0)
     n = auto.max_step
     for step in range(auto.min_step, auto.max_step + 1):
@@ -122,13 +124,13 @@ def error_features(probe: torch.Tensor, x0_hat: torch.Tensor, y: torch.Tensor) -
 
 
 def predicted_error(features: torch.Tensor, weights: Sequence[float]) -> torch.Tensor:
-    """The error head: exp(features . weights), (B,) mean square error in [-1, 1] units."""
+    """The head: E = exp(features . weights), (B,)."""
     if len(weights) != len(FEATURES):
         raise ValueError(f"auto.weights needs {len(FEATURES)} numbers ({', '.join(FEATURES)}), got {len(weights)}")
     return torch.exp(features @ torch.tensor(list(weights), dtype=features.dtype, device=features.device))
 
 
 def fit_weights(features: torch.Tensor, errors: torch.Tensor) -> list[float]:
-    """Least squares of log `errors` (B,) on `features` (B, 5): the error head's weights."""
+    """Least squares of log `errors` (B,) (or any positive target) on `features` (B, 5): the head's weights."""
     solution = torch.linalg.lstsq(features.double(), torch.log(errors.double()).unsqueeze(1)).solution
     return [float(w) for w in solution.squeeze(1)]

@@ -88,7 +88,7 @@ class SamplingConfig:
     cache_interval: int = 2
     cache_full_steps: Optional[list[int]] = None
     cache_last_full: int = 1
-    auto_start: bool = False  # `start_step: auto`: N per face from its predicted error (models/auto_start.py)
+    auto_start: bool = False  # `start_step: auto`: N per face from the start-step head (models/auto_start.py)
     auto: AutoStart = field(default_factory=AutoStart)
 
     def timesteps(self, num_steps: int) -> list[int]:
@@ -192,8 +192,8 @@ class DifFace:
         if self.auto is not None:
             self.auto.check(schedule.num_steps)
             if self.auto.weights is None:
-                raise ValueError("start step 'auto' needs the model's error head: sampling.auto.weights is not set "
-                                 "(scripts/auto_start.py fits it)")
+                raise ValueError("start step 'auto' needs the model's start-step head: sampling.auto.weights is "
+                                 "not set (scripts/auto_start.py fits it)")
 
     def _autocast(self, device: torch.device, low: bool = True):
         """Mixed precision for the networks only; all diffusion arithmetic stays float32.
@@ -324,10 +324,10 @@ class DifFace:
 
     @torch.inference_mode()
     def predict_error(self, x0_hat: torch.Tensor, y_model: torch.Tensor) -> torch.Tensor:
-        """The error head's prediction (B,) for estimates x0_hat and inputs y_model (B, 3, S, S) [0, 1]."""
+        """The start-step head's E (B,) for estimates x0_hat and inputs y_model (B, 3, S, S) [0, 1]."""
         auto = self.auto or self.sampling.auto
         if auto.weights is None:
-            raise ValueError("sampling.auto.weights is not set: this model has no error head")
+            raise ValueError("sampling.auto.weights is not set: this model has no start-step head")
         probe = probe_error(self._prior, x0_hat, self.schedule.alpha_bar(auto.probe_step), auto.probe_step,
                             auto.probes)
         return predicted_error(error_features(probe, x0_hat, y_model), auto.weights)

@@ -40,7 +40,8 @@ import torch
 
 import metrics.heldout as rs
 from difface.pipeline import ConfigError, load_config, sampling_of
-from metrics.heldout import FAMILIES, MILD_FAMILIES, degrade_families
+from metrics.face import DlibIdentity
+from metrics.heldout import FAMILIES, degrade_families
 from metrics.kid import kernel_inception_distance
 from models.auto_start import (FEATURES, AutoStart, error_features, fit_weights, noise_to_signal, predicted_error,
                                probe_error, start_step)
@@ -216,6 +217,7 @@ def main(argv=None) -> int:
 
     # scores
     rows, kept = [], {}
+    identity = DlibIdentity()
     labels = [*args.n_values, "oracle", "auto, true error", "auto, error head", "auto, N shuffled", "auto"]
     for label in labels:
         name = f"N = {label}" if isinstance(label, int) else label
@@ -223,17 +225,19 @@ def main(argv=None) -> int:
         feats = scorer.last_stats.features
         row["kid_x1000"] = 1000 * kernel_inception_distance(feats, hq_features)
         psnr = np.asarray(row.pop("per_image")["psnr"])
-        kept[label] = (psnr, feats)
+        ids = np.array([identity(im, gt) for im, gt in zip(images[label], hq_u8)])
+        row["id_dlib"] = float(ids.mean())
+        kept[label] = (psnr, feats, ids)
         row["families"] = {}
-        for f in [*names, "mild half", "severe half"]:
-            mask = np.array([x in MILD_FAMILIES if f == "mild half" else x not in MILD_FAMILIES if f == "severe half"
-                             else x == f for x in family])
-            row["families"][f] = {"psnr": float(psnr[mask].mean()),
+        for f in names:
+            mask = np.array([x == f for x in family])
+            row["families"][f] = {"psnr": float(psnr[mask].mean()), "id_dlib": float(ids[mask].mean()),
                                   "kid_x1000": 1000 * kernel_inception_distance(feats[mask], hq_features[mask])}
         rows.append(row)
     auto_row = rows[-1]
     for label, row in zip(labels[:-1], rows[:-1]):
-        auto_row[f"vs {row['label']}"] = rs.paired_intervals(*kept["auto"], *kept[label], hq_features)
+        auto_row[f"vs {row['label']}"] = rs.paired_intervals(*kept["auto"][:2], *kept[label][:2], hq_features,
+                                                             per_image={"id_dlib": (kept["auto"][2], kept[label][2])})
     report = {"meta": {"model": cfg.name, "images": len(keys), "families": FAMILIES, "sampler": args.sampler,
                        "steps": args.steps, "seed": args.seed, "machine": rs.machine(device),
                        "command": " ".join(["scripts/auto_start.py", *(argv or sys.argv[1:])]),
@@ -269,17 +273,19 @@ def markdown(report: dict) -> str:
               f"Spearman of N with the held-out oracle N: {report['agreement_with_oracle_n']}",
               f"auto N: {report['auto_n']}", f"oracle N: {report['oracle_n']}",
               "", "## Restorations", "",
-              "| N | PSNR | SSIM | FID | KID×10³ | mild half PSNR / KID×10³ | severe half PSNR / KID×10³ |",
-              "|---|---|---|---|---|---|---|"]
+              "| N | PSNR | SSIM | FID | KID×10³ | dlib identity distance | mild: PSNR / KID×10³ "
+              "| severe: PSNR / KID×10³ |",
+              "|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
         fam = r["families"]
         lines.append(f"| {r['label']} | {r['psnr']:.2f} | {r['ssim']:.4f} | {r['fid']:.2f} | {r['kid_x1000']:.2f} | "
-                     f"{fam['mild half']['psnr']:.2f} / {fam['mild half']['kid_x1000']:.1f} | "
-                     f"{fam['severe half']['psnr']:.2f} / {fam['severe half']['kid_x1000']:.1f} |")
+                     f"{r['id_dlib']:.4f} | {fam['mild']['psnr']:.2f} / {fam['mild']['kid_x1000']:.1f} | "
+                     f"{fam['severe']['psnr']:.2f} / {fam['severe']['kid_x1000']:.1f} |")
     auto = report["rows"][-1]
     lines += ["", "auto minus each row (95% paired bootstrap): "]
     lines += [f"- {k[3:]}: ΔKID×10³ [{v['kid'][0]:+.2f}, {v['kid'][1]:+.2f}], ΔPSNR [{v['psnr'][0]:+.2f}, "
-              f"{v['psnr'][1]:+.2f}]" for k, v in auto.items() if k.startswith("vs ")]
+              f"{v['psnr'][1]:+.2f}], Δidentity [{v['id_dlib'][0]:+.4f}, {v['id_dlib'][1]:+.4f}]"
+              for k, v in auto.items() if k.startswith("vs ")]
     lines += ["", "Per family (PSNR / KID×10³):", "",
               "| N | " + " | ".join(report["rows"][0]["families"]) + " |",
               "|---" * (len(report["rows"][0]["families"]) + 1) + "|"]
@@ -304,8 +310,12 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
+    from PIL import Image
+    with Image.open(path) as im:  # a 64-colour palette: a quarter of the bytes, the same picture
+        small = im.convert("RGB").quantize(colors=64)
+    small.save(path, optimize=True)
 
 
 if __name__ == "__main__":

@@ -63,7 +63,7 @@ def test_auto_in_the_config(tiny_cfg, tmp_path):
     assert load_config(str(cfg_file)).sampling.auto_start
     fixed = load_config(str(cfg_file), ["sampling.start_step=200"])  # a fixed N given later wins
     assert not fixed.sampling.auto_start and fixed.sampling.start_step == 200
-    with pytest.raises(ConfigError, match="needs an error head for 'tiny test model'"):
+    with pytest.raises(ConfigError, match="needs a start-step head for 'tiny test model'"):
         load_config(str(tiny_cfg), ["sampling.start_step=auto"])
     with pytest.raises(ConfigError, match="'sampling.auto.constant'"):
         load_config(str(tiny_cfg), ["sampling.start_step=auto", "sampling.auto.constant=-1", *HEAD])

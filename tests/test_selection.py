@@ -67,7 +67,8 @@ def test_the_command_line_writes_the_kept_sample_only(tiny_cfg, tmp_path):
     rng = np.random.default_rng(4)
     for i in range(3):
         write_image(src / f"f{i}.png", (rng.random((32, 32, 3)) * 255).astype(np.uint8))
-    args = ["-i", str(src), "-o", str(out), "--cfg", str(tiny_cfg), "--aligned", "--device", "cpu", "--num-samples", "3"]
+    args = ["-i", str(src), "-o", str(out), "--cfg", str(tiny_cfg), "--aligned", "--device", "cpu",
+            "--num-samples", "3"]
     assert cli.main([*args, "--select", "fidelity"]) == 0
     assert sorted(p.name for p in out.glob("*.png")) == ["f0.png", "f1.png", "f2.png"]
     manifest = json.loads(next(out.glob("manifest_*.json")).read_text())
