@@ -259,6 +259,41 @@ def int_list(text: str) -> list[int]:
     return number_list(text, int)
 
 
+def study_parser(doc: str, max_images: int) -> argparse.ArgumentParser:
+    """A parser with the options the held-out studies share (scripts/auto_start.py,
+    scripts/select_samples.py): --heldout, --out, --cfg, --max-images, --seed, --batch-size,
+    --threads, --device, --fid-backbone."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--heldout", type=Path, required=True, metavar="DIR", help="folder of held-out HQ faces")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="results folder")
+    p.add_argument("--cfg", default="demo", help="inference preset or YAML (default: %(default)s)")
+    p.add_argument("--max-images", type=int, default=max_images, help="held-out faces (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=50)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--fid-backbone", default="fid_helper", choices=["auto", "pytorch_fid", "fid_helper"])
+    return p
+
+
+def start_study(args: argparse.Namespace):
+    """(config, held-out faces, device, Runner) of a study's `study_parser` arguments, with the torch
+    threads set and the output folder made; None after printing why when one cannot be had."""
+    from difface.pipeline import ConfigError, load_config
+    from models.runtime import pick_device
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        cfg = load_config(args.cfg)
+        faces = load_heldout(args.heldout, cfg.image_size, args.max_images)
+        device = pick_device(args.device)
+    except (ConfigError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return None
+    args.out.mkdir(parents=True, exist_ok=True)
+    return cfg, faces, device, Runner(cfg, device, args.batch_size, args.seed, None, False)
+
+
 def paired_intervals(psnr_a: np.ndarray, feat_a: np.ndarray, psnr_b: np.ndarray, feat_b: np.ndarray,
                      hq: np.ndarray, reps: int = 200, seed: int = 0, fid: bool = False,
                      per_image: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> dict[str, list[float]]:

@@ -39,43 +39,33 @@ import numpy as np
 import torch
 
 import metrics.heldout as rs
-from difface.pipeline import ConfigError, load_config, sampling_of
+from difface.pipeline import sampling_of
 from metrics.face import DlibIdentity
 from metrics.heldout import FAMILIES, degrade_families
 from metrics.kid import kernel_inception_distance
 from models.auto_start import (FEATURES, AutoStart, error_features, fit_weights, noise_to_signal, predicted_error,
                                probe_error, start_step)
 from models.difface import DifFace
-from models.runtime import pick_device
 
 CONSTANTS = np.geomspace(0.01, 100, 81)  # the grid the calibration constant is chosen from
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--heldout", type=Path, required=True, metavar="DIR", help="folder of held-out HQ faces")
-    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="results folder")
-    p.add_argument("--cfg", default="demo", help="inference preset or YAML (default: %(default)s)")
+    p = rs.study_parser(__doc__, max_images=300)
     p.add_argument("--n-values", type=rs.int_list, default=[0, 30, 100, 200, 400], metavar="N,N,...")
     p.add_argument("--steps", type=int, default=10, help="evaluations per face (default: %(default)s)")
     p.add_argument("--sampler", default="dpmpp_2m")
     p.add_argument("--probe-steps", type=rs.int_list, default=[100, 200, 300], metavar="T,T",
                    help="probe steps whose predictions are compared; the first is used for auto")
     p.add_argument("--max-step", type=int, default=400, help="auto's N is clipped to [0, this]")
-    p.add_argument("--max-images", type=int, default=500)
     p.add_argument("--train", type=Path, required=True, metavar="DIR",
-                   help="training faces the error head is fitted on (not the held-out ones)")
+                   help="training faces the heads are fitted on (not the held-out ones)")
     p.add_argument("--train-images", type=int, default=2000, help="faces the error head is fitted on")
-    p.add_argument("--oracle-images", type=int, default=600,
-                   help="the first this many of them are restored at every N for the oracle head (default: %(default)s)")
+    p.add_argument("--oracle-images", type=int, default=500,
+                   help="the first this many of them are restored at every N for the best-N head "
+                        "(default: %(default)s)")
     p.add_argument("--degradation-from", default="configs/train/demo_estimator.yaml", metavar="YAML",
                    help="the degradation ranges of the fitting faces: the estimator's training ranges")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=50)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--fid-backbone", default="fid_helper", choices=["auto", "pytorch_fid", "fid_helper"])
     return p.parse_args(argv)
 
 
@@ -101,17 +91,9 @@ def choose_constant(errors: np.ndarray, distances: np.ndarray, n_values: list[in
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        cfg = load_config(args.cfg)
-        faces = rs.load_heldout(args.heldout, cfg.image_size, args.max_images)
-        device = pick_device(args.device)
-    except (ConfigError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    if (study := rs.start_study(args)) is None:
         return 2
-    args.out.mkdir(parents=True, exist_ok=True)
-    runner = rs.Runner(cfg, device, args.batch_size, args.seed, None, False)
+    cfg, faces, device, runner = study
     base, s = runner.base, sampling_of(cfg)
     abar = np.asarray(base.schedule.alphas_cumprod, dtype=np.float64)
     lq, family = degrade_families(faces, args.seed, args.out)
@@ -147,14 +129,16 @@ def main(argv=None) -> int:
         """Each face restored at every N of --n-values: (images per N, feature distances faces x N)."""
         imgs, dist = {}, []
         for n in args.n_values:
-            imgs[n] = rs.to_uint8(est_set) if n == 0 else runner.restore(method(n), lq_set, set_keys, f"{tag} N = {n}")[0]
+            imgs[n] = (rs.to_uint8(est_set) if n == 0 else
+                       runner.restore(method(n), lq_set, set_keys, f"{tag} N = {n}")[0])
             dist.append(((scorer.fid.stats(imgs[n]).features - hq_feats) ** 2).sum(1))
         return imgs, np.stack(dist, 1)
 
     # 1. training faces: the error head on --train-images of them; each of the first --oracle-images
     #    restored at every fixed N, its oracle N, and the head fitted to it
     train = rs.load_heldout(args.train, cfg.image_size, args.train_images)
-    train_lq = rs.degrade(train, rs.degradation_config(args.degradation_from), args.seed, "train", args.out / "train_lq")
+    train_lq = rs.degrade(train, rs.degradation_config(args.degradation_from), args.seed, "train",
+                          args.out / "train_lq")
     fitted = measure(train_lq, train.hq, train.keys)
     m = min(args.oracle_images, len(train.keys))
     cache = args.out / "train_distances.npz"

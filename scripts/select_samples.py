@@ -21,52 +21,32 @@ import json
 import sys
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import torch
 
 import metrics.heldout as rs
-from difface.pipeline import ConfigError, load_config, sampling_of
+from difface.pipeline import sampling_of
 from metrics.face import DlibIdentity
 from metrics.kid import kernel_inception_distance
 from models.difface import DifFace
-from models.runtime import pick_device
 from models.selection import faithful_choice
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--heldout", type=Path, required=True, metavar="DIR", help="folder of held-out HQ faces")
-    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="results folder")
-    p.add_argument("--cfg", default="demo", help="inference preset or YAML (default: %(default)s)")
+    p = rs.study_parser(__doc__, max_images=300)
     p.add_argument("--start-step", type=int, default=200)
     p.add_argument("--samples", type=int, default=4, help="samples per face (default: %(default)s)")
     p.add_argument("--steps", type=int, default=10, help="evaluations per sample (default: %(default)s)")
     p.add_argument("--sampler", default="dpmpp_2m")
-    p.add_argument("--max-images", type=int, default=300)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=50)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--fid-backbone", default="fid_helper", choices=["auto", "pytorch_fid", "fid_helper"])
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        cfg = load_config(args.cfg)
-        faces = rs.load_heldout(args.heldout, cfg.image_size, args.max_images)
-        device = pick_device(args.device)
-    except (ConfigError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    if (study := rs.start_study(args)) is None:
         return 2
-    args.out.mkdir(parents=True, exist_ok=True)
-    runner = rs.Runner(cfg, device, args.batch_size, args.seed, None, False)
+    cfg, faces, device, runner = study
     base = runner.base
     method = DifFace(base.estimator, base.prior, base.schedule, cfg.image_size,
                      replace(sampling_of(cfg), start_step=args.start_step, steps=args.steps, sampler=args.sampler,
