@@ -160,9 +160,8 @@ class Restorer:
     def restore(self, image, aligned: bool = False, *, seed: int | None = None, name: str | None = None,
                 num_samples: int | None = None, select: str | None = None, start_step: int | str | None = None,
                 steps: int | None = None, sampler: str | None = None, eta: float | None = None, mask=None,
-                mask_style: str = "black",
-                upscale: int = 2, only_center_face: bool = False, allow_downscale: bool = False,
-                draw_box: bool = False, progress: Progress | None = None) -> Result:
+                mask_style: str = "black", upscale: int = 2, only_center_face: bool = False,
+                allow_downscale: bool = False, draw_box: bool = False, progress: Progress | None = None) -> Result:
         """Restore one image: an aligned face crop (`aligned=True`) or a whole photo.
 
         image: a path, an H x W x 3 uint8 RGB array or a (3, H, W) float tensor in [0, 1].
@@ -171,8 +170,8 @@ class Restorer:
         mask (inpainting presets): a mask file path or an H x W array (nonzero = hole); None finds the
         holes in the image itself (`mask_style` 'black': exactly black pixels; 'white': scribbles).
         Whole photos: `upscale`, `only_center_face`, `allow_downscale` (restore faces larger than
-        1.5x the model size too), `draw_box`. `start_step='auto'`: N for each face from its predicted
-        error (the result's `info['start_step']`, or each face's `start_step`). `select='fidelity'` with
+        1.5x the model size too), `draw_box`. `start_step='auto'`: N chosen for each face by the preset's
+        start-step head (the result's `info['start_step']`, or each face's `start_step`). `select='fidelity'` with
         num_samples > 1: only the sample whose coarse content is nearest the estimate is returned
         (which one: `info['kept_sample']`, or each face's `kept_sample`).
         """
@@ -284,7 +283,7 @@ class Restorer:
             per_sample = result.sample.unflatten(0, (num_samples, n))
             if choose:
                 kept = faithful_choice(per_sample, result.estimate[:n])
-                samples[0].append(per_sample[kept, torch.arange(n)].cpu())
+                samples[0].append(per_sample[kept, torch.arange(n, device=kept.device)].cpu())
                 for note, k in zip(batch_notes, kept.tolist()):
                     note["kept_sample"] = k
             else:
