@@ -1,12 +1,12 @@
 #!/usr/bin/env python
 """A start step per face (`start_step: auto`) against fixed N, on held-out faces of several degradations.
 
-    python scripts/auto_start.py --heldout data/utk64/val --out results/auto_start
+    python scripts/auto_start.py --heldout data/utk64/val --train data/utk64/train --out results/auto_start
 
-The held-out faces are dealt in turn to the degradation families of FAMILIES (mild and severe
-mixes of every step of the blind degradation, and strong blur, downsampling, noise or JPEG alone)
-and degraded once each (seeded per face, as in scripts/reproduce_small.py). Everything auto uses is
-fitted on training faces (--train), degraded with the estimator's training ranges
+The held-out faces are dealt in turn to the degradation families of metrics/heldout.py (mild and
+severe mixes of every step of the blind degradation, and strong blur, downsampling, noise or JPEG
+alone) and degraded once each (seeded per face, as in scripts/reproduce_small.py). Everything auto
+uses is fitted on training faces (--train), degraded with the estimator's training ranges
 (--degradation-from), never on the held-out faces:
 1. Two heads of models/auto_start.py (five weights each, least squares): the error head, fitted to
    the estimator error (mean square of f(y) - x in [-1, 1] units) of --train-images faces; and the
@@ -22,9 +22,10 @@ fitted on training faces (--train), degraded with the estimator's training range
 4. auto (the oracle head), the error head, the rule fed the true error (its ceiling as an error
    rule), and auto's N values dealt to the faces at random (is it the choice per face that helps,
    or only the mix of N?); every face gets the same K evaluations as the fixed rows.
-Scores: PSNR, SSIM, FID, KID x 1000 against the HQ faces, overall and per family, and 95%
-paired-bootstrap intervals of auto minus each fixed N. Writes results.json, results.md and
-auto_start.png (PSNR against KID: the fixed-N curve, auto, the oracle) under --out.
+Scores: PSNR, SSIM, FID, KID x 1000 and the dlib identity distance (metrics/face.py) against the
+HQ faces, overall and per family, and 95% paired-bootstrap intervals of auto minus every other
+row. Writes results.json, results.md and auto_start.png (PSNR against KID: the fixed-N curve,
+auto and the other rows) under --out.
 """
 from __future__ import annotations
 
@@ -141,14 +142,17 @@ def main(argv=None) -> int:
                           args.out / "train_lq")
     fitted = measure(train_lq, train.hq, train.keys)
     m = min(args.oracle_images, len(train.keys))
-    cache = args.out / "train_distances.npz"
-    if cache.is_file() and np.load(cache)["n_values"].tolist() == args.n_values and len(np.load(cache)["d"]) == m:
-        train_distances = np.load(cache)["d"]
+    cache = args.out / "train_distances.npz"  # the training faces' restorations: the long part, kept for a rerun
+    setting = json.dumps([cfg.name, args.n_values, args.steps, args.sampler, args.seed, args.train_images,
+                          args.degradation_from, train.keys[:m]])
+    saved = np.load(cache) if cache.is_file() else None
+    if saved is not None and str(saved["setting"]) == setting:
+        train_distances = saved["d"]
     else:
         train_hq_features = scorer.fid.stats(rs.to_uint8(train.hq[:m])).features
         train_distances = restored_distances(train_lq[:m], fitted["est"][:m], train.keys[:m], train_hq_features,
                                              "training faces")[1]
-        np.savez(cache, d=train_distances, n_values=np.array(args.n_values))
+        np.savez(cache, d=train_distances, setting=np.array(setting))
     train_oracle_n = [args.n_values[b] for b in train_distances.argmin(1)]
     floor = noise_to_signal(float(abar[1]))
     oracle_target = torch.tensor([max(noise_to_signal(float(abar[n])), floor) for n in train_oracle_n])
