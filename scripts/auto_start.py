@@ -108,7 +108,8 @@ def main(argv=None) -> int:
                        replace(s, start_step=n, steps=min(args.steps, n) if n else None, sampler=args.sampler, eta=0.0,
                                cache_depth=None))
 
-    # 1. the error head, fitted on training faces; estimates, true errors, probes and predictions
+    plain = method(0)
+
     def measure(lq_set: torch.Tensor, hq_set: torch.Tensor, names: list[str]) -> dict:
         """Estimates, true errors, probe distances at each probe step, head features (first probe step)."""
         est_, probes_ = [], {tp: [] for tp in args.probe_steps}
@@ -122,8 +123,6 @@ def main(argv=None) -> int:
         probes_ = {tp: torch.cat(v) for tp, v in probes_.items()}
         return {"est": est_, "error": 4 * (est_ - hq_set).pow(2).flatten(1).mean(1), "probe": probes_,
                 "features": error_features(probes_[args.probe_steps[0]], est_, lq_set)}
-
-    plain = method(0)
 
     def restored_distances(lq_set: torch.Tensor, est_set: torch.Tensor, set_keys: list[str], hq_feats: np.ndarray,
                            tag: str) -> tuple[dict, np.ndarray]:

@@ -309,7 +309,7 @@ def process_seconds(cfg, fast_cfg: str, device: torch.device, threads: int | Non
                    f"prior.weights={tmp / 'unet.pth'}"]
         env = dict(os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
         seconds = []
-        for run in range(repeats):
+        for _ in range(repeats):
             start = time.perf_counter()
             subprocess.run([*command, "--overwrite"], check=True, env=env, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
